@@ -1,0 +1,43 @@
+// The fp32 CPU backend: Llama-family forward over a paged KV cache held in host memory.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "chunkwise/backend/forward_batch.hpp"
+#include "chunkwise/model/model.hpp"
+
+namespace chunkwise {
+
+class CpuBackend {
+ public:
+  // Allocates num_blocks KV blocks of block_size tokens for every layer.
+  CpuBackend(std::shared_ptr<const Model> model, int num_blocks, int block_size);
+
+  // Runs the model on batch and writes logits [batch.logit_rows.size(), vocab] into logits.
+  // Throws Error(kInvalidArgument) on inconsistent metadata, kTokenOutOfRange on a bad token.
+  void forward(const ForwardBatch& batch, std::span<float> logits);
+
+  [[nodiscard]] int num_blocks() const { return num_blocks_; }
+  [[nodiscard]] int block_size() const { return block_size_; }
+  [[nodiscard]] const Model& model() const { return *model_; }
+
+  // Bytes of KV one block takes across all layers (K and V, fp32).
+  static std::size_t kv_bytes_per_block(const ModelConfig& config, int block_size);
+
+ private:
+  void check_batch(const ForwardBatch& batch, std::span<float> logits) const;
+
+  std::shared_ptr<const Model> model_;
+  int num_blocks_;
+  int block_size_;
+  std::vector<float> inv_freq_;
+  std::vector<std::vector<float>> k_cache_;  // per layer [num_blocks, block_size, n_kv_heads, head_dim]
+  std::vector<std::vector<float>> v_cache_;
+  // Activations, reused across steps so a decode step does not allocate.
+  std::vector<float> x_, h_, q_, k_, v_, attn_, o_, gate_, up_;
+};
+
+}  // namespace chunkwise

@@ -1,0 +1,26 @@
+// One forward pass of a ragged batch, as the session hands it to a backend: flat token rows
+// plus the paged-attention metadata in CSR form (see cpu::AttentionBatch).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "chunkwise/core/types.hpp"
+
+namespace chunkwise {
+
+struct ForwardBatch {
+  std::vector<TokenId> tokens;          // [rows]
+  std::vector<std::int32_t> positions;  // [rows]
+  std::vector<std::int64_t> slots;      // [rows] cache slot = block * block_size + offset
+  std::vector<std::int32_t> query_start;  // [seqs + 1]
+  std::vector<std::int32_t> page_start;   // [seqs + 1]
+  std::vector<std::int32_t> pages;
+  std::vector<std::int32_t> kv_len;       // [seqs]
+  std::vector<std::int32_t> logit_rows;   // rows whose logits are wanted, in output order
+
+  [[nodiscard]] std::int64_t rows() const { return static_cast<std::int64_t>(tokens.size()); }
+  [[nodiscard]] std::int64_t num_seqs() const { return static_cast<std::int64_t>(kv_len.size()); }
+};
+
+}  // namespace chunkwise

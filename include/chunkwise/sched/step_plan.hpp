@@ -1,0 +1,58 @@
+// The read-only view a batching policy plans from, and the plan it returns.
+#pragma once
+
+#include <span>
+#include <vector>
+
+#include "chunkwise/core/types.hpp"
+
+namespace chunkwise {
+
+// One sequence as a policy sees it. "Uncomputed" tokens are those whose KV is not yet in the
+// cache: the prompt (or its rest) for a prefill, exactly one for a decode.
+struct SequenceView {
+  RequestId id = 0;
+  int prompt_len = 0;
+  int total_len = 0;  // prompt + generated
+  int computed = 0;   // tokens whose KV is in the cache
+  int generated = 0;
+  int max_new_tokens = 0;
+  int priority = 0;
+  double submitted_s = 0;
+  [[nodiscard]] int uncomputed() const { return total_len - computed; }
+  [[nodiscard]] bool is_decode() const { return generated > 0 && uncomputed() == 1; }
+};
+
+struct Budgets {
+  int max_batch_tokens = 0;  // tokens in one forward pass
+  int max_sequences = 0;     // sequences in one forward pass
+  int free_blocks = 0;       // KV blocks a plan may newly allocate
+  int block_size = 16;
+};
+
+struct SchedulerView {
+  std::span<const SequenceView> running;  // admitted: holds KV, order of admission
+  std::span<const SequenceView> waiting;  // not admitted yet (or preempted), order of arrival
+  Budgets budgets;
+
+  // KV blocks a sequence must newly allocate to compute n more tokens.
+  [[nodiscard]] int blocks_needed(const SequenceView& s, int n) const {
+    const int bs = budgets.block_size;
+    const int have = (s.computed + bs - 1) / bs;
+    const int need = (s.computed + n + bs - 1) / bs;
+    return need - have;
+  }
+};
+
+// Compute tokens [computed, computed + num_tokens) of a sequence this step.
+struct ScheduledChunk {
+  RequestId id = 0;
+  int num_tokens = 0;
+};
+
+struct StepPlan {
+  std::vector<ScheduledChunk> chunks;  // decodes are chunks of one token
+  [[nodiscard]] bool empty() const { return chunks.empty(); }
+};
+
+}  // namespace chunkwise

@@ -1,0 +1,125 @@
+// Llama-family decoder forward on the CPU (fp32), the reference every other backend is
+// checked against. Rows of the batch are independent except inside attention, and every op
+// computes a row the same way whatever else is in the batch: that makes a request's output
+// independent of the batch it ran in.
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "chunkwise/backend/cpu/cpu_backend.hpp"
+#include "chunkwise/backend/cpu/ops.hpp"
+#include "chunkwise/core/error.hpp"
+
+namespace chunkwise {
+
+namespace {
+void ensure(std::vector<float>& buf, std::int64_t n) {
+  if (static_cast<std::int64_t>(buf.size()) < n) buf.resize(static_cast<std::size_t>(n));
+}
+}  // namespace
+
+std::size_t CpuBackend::kv_bytes_per_block(const ModelConfig& c, int block_size) {
+  return static_cast<std::size_t>(2) * c.n_layers * block_size * c.kv_dim() * sizeof(float);
+}
+
+CpuBackend::CpuBackend(std::shared_ptr<const Model> model, int num_blocks, int block_size)
+    : model_(std::move(model)), num_blocks_(num_blocks), block_size_(block_size) {
+  check(model_ != nullptr, ErrorCode::kInvalidArgument, "CpuBackend needs a model");
+  check(num_blocks > 0, ErrorCode::kInvalidArgument, "KV cache needs at least one block");
+  check(block_size > 0 && block_size <= 1024, ErrorCode::kInvalidArgument,
+        "KV block size must be in [1, 1024], got " + std::to_string(block_size));
+  const ModelConfig& c = model_->config();
+  inv_freq_ = cpu::rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling);
+  const auto per_layer = static_cast<std::size_t>(num_blocks) * block_size * c.kv_dim();
+  k_cache_.assign(c.n_layers, std::vector<float>(per_layer));
+  v_cache_.assign(c.n_layers, std::vector<float>(per_layer));
+}
+
+void CpuBackend::check_batch(const ForwardBatch& b, std::span<float> logits) const {
+  const auto rows = b.rows();
+  const auto seqs = b.num_seqs();
+  auto bad = [](const std::string& what) {
+    throw Error(ErrorCode::kInvalidArgument, "forward batch: " + what);
+  };
+  if (static_cast<std::int64_t>(b.positions.size()) != rows ||
+      static_cast<std::int64_t>(b.slots.size()) != rows)
+    bad("positions and slots must have one entry per token");
+  if (static_cast<std::int64_t>(b.query_start.size()) != seqs + 1 ||
+      static_cast<std::int64_t>(b.page_start.size()) != seqs + 1)
+    bad("query_start and page_start must have num_seqs + 1 entries");
+  if (b.query_start.front() != 0 || b.query_start.back() != rows) bad("query_start must span all rows");
+  if (b.page_start.front() != 0 || b.page_start.back() != static_cast<std::int32_t>(b.pages.size()))
+    bad("page_start must span all pages");
+  for (std::int64_t s = 0; s < seqs; ++s) {
+    const auto n_pages = b.page_start[s + 1] - b.page_start[s];
+    if (b.query_start[s + 1] < b.query_start[s] || n_pages < 0) bad("CSR offsets must not decrease");
+    if (b.kv_len[s] < 0 ||
+        static_cast<std::int64_t>(b.kv_len[s]) > static_cast<std::int64_t>(n_pages) * block_size_)
+      bad("kv_len of sequence " + std::to_string(s) + " exceeds its pages");
+    for (std::int32_t r = b.query_start[s]; r < b.query_start[s + 1]; ++r)
+      if (b.positions[r] < 0 || b.positions[r] >= b.kv_len[s])
+        bad("query position outside its sequence's cache");
+  }
+  for (auto p : b.pages)
+    if (p < 0 || p >= num_blocks_) bad("page " + std::to_string(p) + " outside the KV pool");
+  const std::int64_t max_slot = static_cast<std::int64_t>(num_blocks_) * block_size_;
+  for (auto s : b.slots)
+    if (s < 0 || s >= max_slot) bad("cache slot outside the KV pool");
+  for (auto r : b.logit_rows)
+    if (r < 0 || r >= rows) bad("logit row out of range");
+  const auto vocab = static_cast<std::size_t>(model_->config().vocab);
+  if (logits.size() < b.logit_rows.size() * vocab) bad("logits buffer too small");
+}
+
+void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
+  check_batch(b, logits);
+  const ModelConfig& c = model_->config();
+  const ModelWeights& w = model_->weights();
+  const std::int64_t T = b.rows();
+  if (T == 0) return;
+  const std::int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn;
+  ensure(x_, T * H), ensure(h_, T * H), ensure(q_, T * Q), ensure(k_, T * KV), ensure(v_, T * KV);
+  ensure(attn_, T * Q), ensure(o_, T * H), ensure(gate_, T * F), ensure(up_, T * F);
+
+  cpu::embed(w.token_embedding.data.data(), w.token_embedding.rows, H, b.tokens.data(), T, x_.data());
+  const cpu::AttentionBatch ab{b.query_start, b.page_start, b.pages, b.kv_len, b.positions};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = w.layers[static_cast<std::size_t>(l)];
+    cpu::rms_norm(x_.data(), L.attn_norm.data(), T, H, c.rms_eps, h_.data());
+    cpu::matmul_nt(h_.data(), T, H, L.wq.data.data(), Q, q_.data());
+    cpu::matmul_nt(h_.data(), T, H, L.wk.data.data(), KV, k_.data());
+    cpu::matmul_nt(h_.data(), T, H, L.wv.data.data(), KV, v_.data());
+    cpu::rope(q_.data(), T, c.n_heads, c.head_dim, b.positions.data(), inv_freq_);
+    cpu::rope(k_.data(), T, c.n_kv_heads, c.head_dim, b.positions.data(), inv_freq_);
+    const cpu::PagedKv cache{k_cache_[static_cast<std::size_t>(l)].data(),
+                             v_cache_[static_cast<std::size_t>(l)].data(), block_size_, c.n_kv_heads,
+                             c.head_dim};
+    cpu::write_kv(cache, k_.data(), v_.data(), b.slots.data(), T);
+    cpu::paged_attention(q_.data(), cache, ab, c.n_heads, scale, attn_.data());
+    cpu::matmul_nt(attn_.data(), T, Q, L.wo.data.data(), H, o_.data());
+    for (std::int64_t i = 0; i < T * H; ++i) x_[i] += o_[i];
+
+    cpu::rms_norm(x_.data(), L.ffn_norm.data(), T, H, c.rms_eps, h_.data());
+    cpu::matmul_nt(h_.data(), T, H, L.w_gate.data.data(), F, gate_.data());
+    cpu::matmul_nt(h_.data(), T, H, L.w_up.data.data(), F, up_.data());
+    cpu::swiglu(gate_.data(), up_.data(), T * F, gate_.data());
+    cpu::matmul_nt(gate_.data(), T, F, L.w_down.data.data(), H, o_.data());
+    for (std::int64_t i = 0; i < T * H; ++i) x_[i] += o_[i];
+  }
+
+  // Only the rows whose next token is wanted go through the final norm and the LM head.
+  const auto n_out = static_cast<std::int64_t>(b.logit_rows.size());
+  if (n_out == 0) return;
+  ensure(o_, n_out * H), ensure(h_, n_out * H);
+  for (std::int64_t i = 0; i < n_out; ++i) {
+    const float* src = x_.data() + static_cast<std::int64_t>(b.logit_rows[static_cast<std::size_t>(i)]) * H;
+    std::copy(src, src + H, o_.data() + i * H);
+  }
+  cpu::rms_norm(o_.data(), w.output_norm.data(), n_out, H, c.rms_eps, h_.data());
+  const Matrix& head = w.lm_head();
+  cpu::matmul_nt(h_.data(), n_out, H, head.data.data(), head.rows, logits.data());
+}
+
+}  // namespace chunkwise

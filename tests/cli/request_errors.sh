@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Bad requests and options: a typed error, never a crash; in a batch the bad request is reported
+# and the good ones still complete.
+set -uo pipefail
+cli=$1
+model=${CHUNKWISE_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/chunkwise/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+[[ -f "$model" ]] || { echo "skipped: the default model is not at $model"; exit 77; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+
+check_one() {  # name, expected fragment, args...
+  local name=$1 fragment=$2; shift 2
+  "$cli" "$@" >"$tmp/out" 2>"$tmp/err"
+  local rc=$?
+  if [[ $rc == 0 || $rc -ge 128 ]] || ! grep -q "^chunkwise: error: .*$fragment" "$tmp/err"; then
+    echo "FAIL $name: rc=$rc"; cat "$tmp/err"; fail=1
+  else
+    echo "ok   $name: $(head -1 "$tmp/err")"
+  fi
+}
+check_one "negative temperature" "temperature" run --model "$model" --prompt hi --temperature -1
+check_one "top-p zero" "top_p" run --model "$model" --prompt hi --top-p 0 --temperature 1
+check_one "unknown option" "unknown option" run --model "$model" --prompt hi --bogus 1
+check_one "bad device" "device" run --model "$model" --prompt hi --device tpu
+check_one "zero max tokens" "max_new_tokens" run --model "$model" --prompt hi --max-tokens 0
+check_one "past the context" "context-overflow" run --model "$model" --prompt hi --max-tokens 9000
+check_one "tiny KV budget" "kv-exhausted" run --model "$model" --prompt hi --max-tokens 100 --kv-mb 1
+printf '{"id": "a", "prompt": "hi", "max_tokens": 2}\n{"id": "b", "prompt": 3}\n' >"$tmp/bad.jsonl"
+check_one "malformed workload line" "bad.jsonl:2" batch --model "$model" --workload "$tmp/bad.jsonl"
+
+cat >"$tmp/mixed.jsonl" <<'JSONL'
+{"id": "good", "prompt": "The capital of France is", "max_tokens": 4}
+{"id": "oov", "prompt_tokens": [1, 999999], "max_tokens": 4}
+{"id": "long", "prompt": "hi", "max_tokens": 100000}
+{"id": "good2", "prompt_tokens": [504, 3575, 282, 4649, 314], "max_tokens": 4}
+JSONL
+"$cli" batch --model "$model" --workload "$tmp/mixed.jsonl" --out "$tmp/res.jsonl" --stats-json "$tmp/stats.json" \
+  --no-progress >"$tmp/out" 2>"$tmp/err"
+rc=$?
+python3 - "$tmp/res.jsonl" "$tmp/stats.json" <<'PY' || fail=1
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+by = {r["id"]: r for r in rows}
+assert [r["id"] for r in rows] == ["good", "oov", "long", "good2"], rows
+assert by["good"]["finish_reason"] in ("length", "stop") and len(by["good"]["output_tokens"]) >= 1
+assert by["good2"]["finish_reason"] in ("length", "stop")
+assert by["oov"]["finish_reason"] == "error" and "token-out-of-range" in by["oov"]["error"], by["oov"]
+assert by["long"]["finish_reason"] == "error" and "context-overflow" in by["long"]["error"], by["long"]
+stats = json.load(open(sys.argv[2]))
+for k in ("requests", "prompt_tokens", "prompt_tokens_computed", "output_tokens", "wall_s", "tokens_per_s",
+          "ttft_s", "tbt_s", "peak_kv_blocks", "kv"):
+    assert k in stats, k
+assert stats["requests"] == 4 and stats["requests_failed"] == 2
+print("ok   mixed batch: bad requests reported, good ones completed")
+PY
+[[ $rc == 3 ]] || { echo "FAIL mixed batch exit code $rc (want 3: some requests failed)"; fail=1; }
+exit $fail

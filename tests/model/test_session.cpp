@@ -1,0 +1,157 @@
+// InferenceSession on the real model: a request's output does not depend on the batch it ran
+// in, on how its prompt was chunked, or on being preempted; bad requests are refused without
+// disturbing accepted ones.
+#include <map>
+
+#include "chunkwise/sched/inference_session.hpp"
+#include "model_fixture.hpp"
+
+namespace {
+
+using chunkwise::FinishedRequest;
+using chunkwise::InferenceSession;
+using chunkwise::Request;
+using chunkwise::SessionConfig;
+
+// 16 prompts of mixed lengths (a handful of tokens to several hundred).
+std::vector<Request> mixed_requests(const chunkwise::Model& model, int max_new) {
+  const char* topics[] = {"the moon", "bread", "rivers", "chess", "volcanoes", "bees", "trains", "the piano"};
+  std::vector<Request> out;
+  for (int i = 0; i < 16; ++i) {
+    std::string text = "Tell me about " + std::string(topics[i % 8]) + ".";
+    for (int k = 0; k < (i * 7) % 23; ++k)
+      text += " Please be detailed and mention history, science and everyday life, item " + std::to_string(k) + ".";
+    Request r;
+    r.label = "r" + std::to_string(i);
+    r.prompt_tokens = model.tokenizer().encode(text);
+    r.max_new_tokens = max_new;
+    if (i % 4 == 3) {  // a few sampled requests: their draws depend only on (seed, step)
+      r.sampling.temperature = 0.8f;
+      r.sampling.top_p = 0.9f;
+      r.sampling.seed = 1234 + static_cast<std::uint64_t>(i);
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::map<std::string, std::vector<chunkwise::TokenId>> run(const std::shared_ptr<const chunkwise::Model>& model,
+                                                            const std::vector<Request>& reqs, SessionConfig cfg,
+                                                            std::int64_t* preemptions = nullptr) {
+  InferenceSession<> session(model, std::move(cfg));
+  for (const auto& r : reqs) session.submit(r);
+  std::map<std::string, std::vector<chunkwise::TokenId>> out;
+  while (session.has_work()) {
+    session.step();
+    REQUIRE(session.block_pool().invariants_hold());
+  }
+  for (const FinishedRequest& f : session.take_finished()) out[f.label] = f.output_tokens;
+  CHECK(session.block_pool().used() == 0);  // every block came back
+  if (preemptions) *preemptions = session.metrics().preemptions;
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a request's output is the same alone and in a batch of 16", "[session][invariance]") {
+  CHUNKWISE_REQUIRE_MODEL(model);
+  const auto reqs = mixed_requests(*model, 24);
+  const auto batched = run(model, reqs, {});
+  REQUIRE(batched.size() == reqs.size());
+  for (const auto& r : reqs) {
+    INFO("request " << r.label << " with " << r.prompt_tokens.size() << " prompt tokens");
+    const auto alone = run(model, {r}, {});
+    CHECK(alone.at(r.label) == batched.at(r.label));
+  }
+}
+
+TEST_CASE("chunked prefill and tiny KV blocks give the same output", "[session][invariance]") {
+  CHUNKWISE_REQUIRE_MODEL(model);
+  const auto reqs = mixed_requests(*model, 12);
+  const auto reference = run(model, reqs, {});
+  SessionConfig chunked;
+  chunked.max_batch_tokens = 37;  // prompts split across many steps, mixed with decodes
+  chunked.block_size = 5;
+  CHECK(run(model, reqs, chunked) == reference);
+}
+
+TEST_CASE("preemption under KV pressure loses nothing and changes nothing", "[session][kv]") {
+  CHUNKWISE_REQUIRE_MODEL(model);
+  const auto reqs = mixed_requests(*model, 16);
+  const auto reference = run(model, reqs, {});
+  std::size_t longest = 0;
+  for (const auto& r : reqs) longest = std::max(longest, r.prompt_tokens.size() + 16);
+  SessionConfig tight;
+  tight.block_size = 16;
+  tight.kv_blocks = static_cast<int>((longest + 15) / 16) + 4;  // room for one long request and a bit
+  std::int64_t preemptions = 0;
+  CHECK(run(model, reqs, tight, &preemptions) == reference);
+  CHECK(preemptions > 0);
+}
+
+TEST_CASE("bad requests are refused with a typed error and leave the session intact", "[session][errors]") {
+  CHUNKWISE_REQUIRE_MODEL(model);
+  using chunkwise::Error;
+  using chunkwise::ErrorCode;
+  SessionConfig cfg;
+  cfg.kv_blocks = 64;
+  InferenceSession<> session(model, cfg);
+  Request good;
+  good.prompt_text = "The capital of France is";
+  good.max_new_tokens = 4;
+  session.submit(good);
+  auto code_of = [&](Request r) {
+    try {
+      session.submit(std::move(r));
+    } catch (const Error& e) {
+      return e.code();
+    }
+    FAIL("request was accepted");
+    return ErrorCode::kBackend;
+  };
+  Request r = good;
+  r.prompt_tokens = {1, model->config().vocab};
+  CHECK(code_of(r) == ErrorCode::kTokenOutOfRange);
+  r = good;
+  r.prompt_tokens = {-1};
+  CHECK(code_of(r) == ErrorCode::kTokenOutOfRange);
+  r = good;
+  r.max_new_tokens = model->config().max_context;
+  CHECK(code_of(r) == ErrorCode::kContextOverflow);
+  r = good;
+  r.max_new_tokens = 64 * 16;  // more than the 64-block pool holds
+  CHECK(code_of(r) == ErrorCode::kKvExhausted);
+  r = good;
+  r.max_new_tokens = 0;
+  CHECK(code_of(r) == ErrorCode::kInvalidArgument);
+  r = good;
+  r.sampling.temperature = -1;
+  CHECK(code_of(r) == ErrorCode::kInvalidArgument);
+  r = good;
+  r.prompt_text.clear();
+  CHECK(code_of(r) == ErrorCode::kInvalidArgument);
+  r = good;
+  r.stop_tokens = {1 << 30};
+  CHECK(code_of(r) == ErrorCode::kTokenOutOfRange);
+  CHECK(session.num_waiting() == 1);
+  while (session.has_work()) session.step();
+  const auto done = session.take_finished();
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].output_tokens.size() == 4);
+}
+
+TEST_CASE("chat requests stop at the end-of-turn token and decode to text", "[session]") {
+  CHUNKWISE_REQUIRE_MODEL(model);
+  InferenceSession<> session(model);
+  Request r;
+  r.prompt_text = "What is the capital of France? Answer in one word.";
+  r.chat = true;
+  r.max_new_tokens = 48;
+  session.submit(r);
+  while (session.has_work()) session.step();
+  const auto done = session.take_finished();
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].reason == chunkwise::FinishReason::kStop);
+  CHECK(done[0].output_text.find("Paris") != std::string::npos);
+  CHECK(done[0].timings.ttft() > 0);
+}

@@ -1,0 +1,105 @@
+// Stock policies, tested on views alone (no model).
+#include "catch.hpp"
+#include "chunkwise/policy/batching/continuous_batching.hpp"
+#include "chunkwise/policy/concepts.hpp"
+#include "chunkwise/policy/eviction/lru_eviction.hpp"
+#include "chunkwise/policy/reuse/prefix_only_reuse.hpp"
+#include "chunkwise/policy/sparse/dense_attention.hpp"
+
+using namespace chunkwise;
+
+static_assert(BatchingPolicy<ContinuousBatching>);
+static_assert(EvictionPolicy<LruEviction>);
+static_assert(SparsePolicy<DenseAttention>);
+static_assert(ReusePolicy<PrefixOnlyReuse>);
+
+namespace {
+SequenceView decode(RequestId id, int len) { return {id, len - 1, len, len - 1, 1, 16, 0, 0.0}; }
+SequenceView fresh(RequestId id, int prompt) { return {id, prompt, prompt, 0, 0, 16, 0, 0.0}; }
+}  // namespace
+
+TEST_CASE("continuous batching runs every decode, then whole prompts first-come first-served", "[policy]") {
+  const std::vector<SequenceView> running = {decode(1, 20), decode(2, 33)};
+  const std::vector<SequenceView> waiting = {fresh(3, 10), fresh(4, 50), fresh(5, 5)};
+  const SchedulerView view{running, waiting, Budgets{64, 8, 100, 16}};
+  const StepPlan plan = ContinuousBatching{}.plan(view);
+  REQUIRE(plan.chunks.size() == 4);
+  CHECK(plan.chunks[0].id == 1);
+  CHECK(plan.chunks[0].num_tokens == 1);
+  CHECK(plan.chunks[1].id == 2);
+  CHECK(plan.chunks[2].id == 3);
+  CHECK(plan.chunks[2].num_tokens == 10);
+  CHECK(plan.chunks[3].id == 4);
+  CHECK(plan.chunks[3].num_tokens == 52 - 10);  // the rest of the token budget: 64 - 2 - 10
+}
+
+TEST_CASE("continuous batching respects memory and sequence budgets", "[policy]") {
+  const std::vector<SequenceView> waiting = {fresh(1, 40), fresh(2, 40)};
+  SECTION("a prompt is cut to the blocks that are free") {
+    const SchedulerView view{{}, waiting, Budgets{512, 8, 2, 16}};
+    const StepPlan plan = ContinuousBatching{}.plan(view);
+    REQUIRE(plan.chunks.size() == 1);
+    CHECK(plan.chunks[0].num_tokens <= 32);
+    CHECK(view.blocks_needed(waiting[0], plan.chunks[0].num_tokens) <= 2);
+  }
+  SECTION("no memory, no prefill") {
+    const SchedulerView view{{}, waiting, Budgets{512, 8, 0, 16}};
+    CHECK(ContinuousBatching{}.plan(view).empty());
+  }
+  SECTION("sequence cap") {
+    const SchedulerView view{{}, waiting, Budgets{512, 1, 100, 16}};
+    CHECK(ContinuousBatching{}.plan(view).chunks.size() == 1);
+  }
+}
+
+TEST_CASE("blocks_needed counts only blocks beyond those already held", "[policy]") {
+  const SchedulerView view{{}, {}, Budgets{64, 8, 10, 16}};
+  SequenceView s = fresh(1, 40);
+  CHECK(view.blocks_needed(s, 16) == 1);
+  CHECK(view.blocks_needed(s, 17) == 2);
+  s.computed = 16;  // one full block held
+  CHECK(view.blocks_needed(s, 1) == 1);
+  s.computed = 17;  // two blocks held, second partial
+  CHECK(view.blocks_needed(s, 15) == 0);
+  CHECK(view.blocks_needed(s, 16) == 1);
+}
+
+TEST_CASE("LRU eviction picks the least recently used leaf, deepest first", "[policy]") {
+  LruEviction lru;
+  CHECK_FALSE(lru.pick_victim().has_value());
+  BlockInfo info;
+  info.now_s = 1.0;
+  info.depth = 0;
+  info.num_children = 1;  // an inner block is never a candidate
+  lru.on_unreferenced(10, info);
+  CHECK_FALSE(lru.pick_victim().has_value());
+  info.depth = 1;
+  info.num_children = 0;
+  lru.on_unreferenced(11, info);
+  info.depth = 2;
+  lru.on_unreferenced(12, info);  // same time, deeper: goes first
+  info.now_s = 2.0;
+  info.depth = 1;
+  lru.on_unreferenced(13, info);
+  CHECK(lru.pick_victim() == BlockId{12});
+  lru.on_hit(12, info);  // referenced again: no longer a candidate
+  CHECK(lru.pick_victim() == BlockId{11});
+  lru.on_removed(11);
+  CHECK(lru.pick_victim() == BlockId{13});
+  info.now_s = 3.0;
+  info.num_children = 0;
+  info.depth = 0;
+  lru.on_unreferenced(10, info);  // its child went, now a leaf
+  CHECK(lru.pick_victim() == BlockId{13});
+  CHECK(lru.num_candidates() == 2);
+}
+
+TEST_CASE("dense attention and prefix-only reuse are the exact baselines", "[policy]") {
+  AttentionProbe probe;
+  probe.block_size = 64;
+  CHECK(DenseAttention{}.select(probe).dense);
+  const PromptLayout layout{{1, 2, 3}, {0}};
+  const ReusePlan plan = PrefixOnlyReuse{}.plan(layout, *static_cast<const ChunkStore*>(nullptr));
+  CHECK(plan.load.empty());
+  CHECK(plan.recompute.empty());
+}

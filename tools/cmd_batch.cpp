@@ -1,0 +1,197 @@
+// `chunkwise batch`: runs a workload (docs/formats.md) through one InferenceSession, honouring
+// arrival times, and reports per-request results and the run's statistics.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "chunkwise/sched/inference_session.hpp"
+#include "chunkwise/sched/workload.hpp"
+#include "commands.hpp"
+
+namespace chunkwise::cli {
+
+namespace {
+
+using nlohmann::json;
+
+// Linear interpolation between closest ranks (NumPy's default).
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const double rank = p / 100.0 * static_cast<double>(v.size() - 1);
+  const auto lo = static_cast<std::size_t>(rank);
+  const std::size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
+}
+
+json percentiles(const std::vector<double>& v) {
+  return json{{"p50", percentile(v, 50)}, {"p90", percentile(v, 90)}, {"p99", percentile(v, 99)}};
+}
+
+struct Outcome {
+  std::optional<FinishedRequest> done;
+  std::string error;
+};
+
+void progress(std::size_t done, std::size_t total, std::int64_t tokens, double seconds) {
+  constexpr int kWidth = 30;
+  const int fill = total == 0 ? kWidth : static_cast<int>(kWidth * done / total);
+  std::fprintf(stderr, "\r[%.*s%*s] %zu/%zu requests  %.0f tok/s ", fill, "##############################",
+               kWidth - fill, "", done, total, seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0);
+  std::fflush(stderr);
+}
+
+}  // namespace
+
+int cmd_batch(const std::vector<std::string>& argv) {
+  std::set<std::string> options = kCommonOptions;
+  options.insert({"workload", "out", "stats-json", "show", "max-batch-tokens", "max-seqs"});
+  const Args args(argv, options, {"no-progress"});
+  const std::vector<WorkloadItem> items = read_workload(args.required("workload"));
+  const long long show = args.integer("show", 3);
+  check(show >= 0, ErrorCode::kInvalidArgument, "--show must be >= 0");
+
+  auto model = load_model_from_args(args);
+  SessionConfig config = session_config_from_args(args);
+  config.max_batch_tokens = static_cast<int>(args.integer("max-batch-tokens", config.max_batch_tokens));
+  config.max_sequences = static_cast<int>(args.integer("max-seqs", config.max_sequences));
+  const auto start = std::chrono::steady_clock::now();
+  config.clock = [start] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  InferenceSession<> session(model, config);
+
+  // Submit in arrival order; the workload's own order is kept for the results file.
+  std::vector<std::size_t> order(items.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return items[a].arrival_s < items[b].arrival_s; });
+  std::map<std::string, Outcome> outcomes;
+  std::map<std::string, double> arrival;
+  const bool show_progress = !args.flag("no-progress") && isatty(fileno(stderr)) != 0;
+  std::size_t next = 0, completed = 0;
+  std::int64_t tokens_done = 0;
+  while (next < order.size() || session.has_work()) {
+    for (; next < order.size() && items[order[next]].arrival_s <= session.now(); ++next) {
+      const WorkloadItem& item = items[order[next]];
+      arrival[item.request.label] = item.arrival_s;
+      try {
+        session.submit(item.request);
+      } catch (const Error& e) {
+        outcomes[item.request.label].error = e.what();
+        ++completed;
+      }
+    }
+    if (!session.has_work()) {
+      if (next < order.size()) {
+        const double wait = items[order[next]].arrival_s - session.now();
+        if (wait > 0) std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+      }
+      continue;
+    }
+    const StepResult step = session.step();
+    tokens_done += step.rows;
+    for (FinishedRequest& f : session.take_finished()) {
+      ++completed;
+      outcomes[f.label].done = std::move(f);
+    }
+    if (show_progress) progress(completed, items.size(), tokens_done, session.now());
+  }
+  const double wall = session.now();
+  if (show_progress) std::fputc('\n', stderr);
+
+  // Per-request results, in workload order.
+  std::vector<double> ttft, tbt;
+  std::int64_t prompt_tokens = 0, output_tokens = 0, computed = 0, errors = 0;
+  std::ofstream out;
+  if (auto path = args.get("out")) {
+    out.open(*path);
+    check(static_cast<bool>(out), ErrorCode::kIo, "cannot write '" + *path + "'");
+  }
+  for (const WorkloadItem& item : items) {
+    const std::string& id = item.request.label;
+    const Outcome& o = outcomes.at(id);
+    json line{{"id", id}};
+    if (!o.done) {
+      ++errors;
+      line.update(json{{"output_tokens", json::array()}, {"output_text", ""}, {"ttft_s", nullptr},
+                       {"finish_reason", "error"}, {"error", o.error}});
+    } else {
+      const FinishedRequest& f = *o.done;
+      const double first = f.timings.first_token_s - arrival.at(id);
+      ttft.push_back(first);
+      for (std::size_t t = 1; t < f.timings.token_s.size(); ++t)
+        tbt.push_back(f.timings.token_s[t] - f.timings.token_s[t - 1]);
+      prompt_tokens += static_cast<std::int64_t>(f.prompt_tokens.size());
+      output_tokens += static_cast<std::int64_t>(f.output_tokens.size());
+      computed += f.prompt_tokens_computed;
+      line.update(json{{"output_tokens", f.output_tokens},
+                       {"output_text", f.output_text},
+                       {"ttft_s", first},
+                       {"e2e_s", f.timings.finished_s - arrival.at(id)},
+                       {"finish_reason", to_string(f.reason)},
+                       {"prompt_tokens", f.prompt_tokens.size()},
+                       {"prompt_tokens_cached", 0}});
+    }
+    if (out.is_open()) out << line.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+  }
+
+  const SessionMetrics& m = session.metrics();
+  const double prefill_tps = m.prefill_s > 0 ? static_cast<double>(m.prompt_tokens_computed + m.recomputed_tokens) / m.prefill_s : 0;
+  const double decode_tps = m.decode_s > 0 ? static_cast<double>(m.decode_tokens) / m.decode_s : 0;
+  const json stats{
+      {"requests", items.size()},
+      {"requests_failed", errors},
+      {"prompt_tokens", prompt_tokens},
+      {"prompt_tokens_computed", computed},
+      {"output_tokens", output_tokens},
+      {"wall_s", wall},
+      {"tokens_per_s", wall > 0 ? static_cast<double>(prompt_tokens + output_tokens) / wall : 0},
+      {"prefill_tokens_per_s", prefill_tps},
+      {"decode_tokens_per_s", decode_tps},
+      {"ttft_s", percentiles(ttft)},
+      {"tbt_s", percentiles(tbt)},
+      {"peak_kv_blocks", m.kv_blocks_peak},
+      {"steps", m.steps},
+      {"preemptions", m.preemptions},
+      {"kv", {{"block_size", config.block_size}, {"total_blocks", m.kv_blocks_total},
+              {"peak_blocks", m.kv_blocks_peak}, {"prefix_hit_tokens", 0}}},
+      {"policies", {{"batching", "continuous"}, {"eviction", "lru"}, {"sparse", "dense"}, {"reuse", "prefix-only"}}},
+      {"model", model->source()},
+      {"device", "cpu"}};
+  if (auto path = args.get("stats-json")) {
+    std::ofstream s(*path);
+    check(static_cast<bool>(s), ErrorCode::kIo, "cannot write '" + *path + "'");
+    s << stats.dump(2) << '\n';
+  }
+
+  // A few completions, then the summary table.
+  long long shown = 0;
+  for (const WorkloadItem& item : items) {
+    if (shown >= show) break;
+    const Outcome& o = outcomes.at(item.request.label);
+    if (!o.done) continue;
+    std::string prompt = item.request.prompt_text;
+    if (prompt.size() > 160) prompt = "..." + prompt.substr(prompt.size() - 157);
+    std::printf("--- %s\n> %s\n%s\n\n", item.request.label.c_str(), prompt.c_str(), o.done->output_text.c_str());
+    ++shown;
+  }
+  std::printf("%-28s %lld (%lld failed)\n", "requests", static_cast<long long>(items.size()), static_cast<long long>(errors));
+  std::printf("%-28s %lld\n", "prompt tokens", static_cast<long long>(prompt_tokens));
+  std::printf("%-28s %lld\n", "prompt tokens computed", static_cast<long long>(computed));
+  std::printf("%-28s %lld\n", "generated tokens", static_cast<long long>(output_tokens));
+  std::printf("%-28s %.2f s\n", "wall time", wall);
+  std::printf("%-28s %.1f tok/s\n", "prefill throughput", prefill_tps);
+  std::printf("%-28s %.1f tok/s\n", "decode throughput", decode_tps);
+  std::printf("%-28s p50 %.3f s   p99 %.3f s\n", "time to first token", percentile(ttft, 50), percentile(ttft, 99));
+  std::printf("%-28s p50 %.4f s  p99 %.4f s\n", "time between tokens", percentile(tbt, 50), percentile(tbt, 99));
+  std::printf("%-28s %d of %d (block %d tokens)\n", "peak KV blocks", m.kv_blocks_peak, m.kv_blocks_total,
+              config.block_size);
+  return errors == 0 ? 0 : 3;
+}
+
+}  // namespace chunkwise::cli

@@ -1,0 +1,91 @@
+// chunkwise: the command-line tool. Every failure prints one line "chunkwise: error: ..." and
+// exits non-zero; nothing here may crash on bad input.
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "chunkwise/backend/cpu/ops.hpp"
+#include "chunkwise/core/error.hpp"
+#include "commands.hpp"
+
+#ifdef CHUNKWISE_HAS_CUDA
+#include "chunkwise/cuda/device.hpp"
+#endif
+
+namespace chunkwise::cli {
+
+namespace {
+constexpr const char* kUsage = R"(usage: chunkwise <command> [options]
+
+commands:
+  run     --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+  batch   --workload FILE.jsonl [--out results.jsonl] [--stats-json FILE] [--show N] [--no-progress]
+          [--max-batch-tokens N] [--max-seqs N]
+  logits  --text TEXT --out FILE.npy [--chat]
+
+common options:
+  --model PATH        GGUF file or safetensors folder (default: the model fetched by scripts/setup)
+  --device cpu|cuda   backend (default cpu)
+  --threads N         CPU threads (default: all cores)
+  --block-size N      KV block size in tokens (default 16)
+  --kv-mb N           KV cache budget in MiB (default 1024)
+)";
+}  // namespace
+
+std::shared_ptr<const Model> load_model_from_args(const Args& args) {
+  const std::string device = args.str("device", "cpu");
+  if (device == "cuda") {
+#ifdef CHUNKWISE_HAS_CUDA
+    throw Error(ErrorCode::kUnsupported,
+                "--device cuda: the CUDA backend's kernels are not in this build yet (" +
+                    std::to_string(cuda::device_count()) + " CUDA device(s) visible); use --device cpu");
+#else
+    throw Error(ErrorCode::kUnsupported, "--device cuda: this build has no CUDA backend; use --device cpu");
+#endif
+  }
+  check(device == "cpu", ErrorCode::kInvalidArgument, "--device must be cpu or cuda, got '" + device + "'");
+  const long long threads = args.integer("threads", 0);
+  check(threads >= 0 && threads <= 1024, ErrorCode::kInvalidArgument, "--threads must be in [0, 1024]");
+  cpu::set_num_threads(static_cast<int>(threads));
+  const std::filesystem::path path = args.get("model") ? std::filesystem::path(*args.get("model")) : default_model_path();
+  check(std::filesystem::exists(path), ErrorCode::kIo,
+        "model '" + path.string() + "' not found (run scripts/setup to fetch the default model, or pass --model)");
+  return Model::load(path);
+}
+
+SessionConfig session_config_from_args(const Args& args) {
+  SessionConfig c;
+  const long long bs = args.integer("block-size", c.block_size);
+  const long long mb = args.integer("kv-mb", static_cast<long long>(c.kv_memory_mb));
+  check(bs >= 1 && bs <= 1024, ErrorCode::kInvalidArgument, "--block-size must be in [1, 1024]");
+  check(mb >= 1 && mb <= (1LL << 24), ErrorCode::kInvalidArgument, "--kv-mb must be in [1, 16777216]");
+  c.block_size = static_cast<int>(bs);
+  c.kv_memory_mb = static_cast<std::size_t>(mb);
+  return c;
+}
+
+}  // namespace chunkwise::cli
+
+int main(int argc, char** argv) {
+  using namespace chunkwise::cli;
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  const std::vector<std::string> rest(argv + 2, argv + argc);
+  try {
+    if (cmd == "run") return cmd_run(rest);
+    if (cmd == "batch") return cmd_batch(rest);
+    if (cmd == "logits") return cmd_logits(rest);
+    std::fprintf(stderr, "chunkwise: error: unknown command '%s'\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const chunkwise::Error& e) {
+    std::fprintf(stderr, "chunkwise: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "chunkwise: error: %s\n", e.what());
+    return 1;
+  }
+}
