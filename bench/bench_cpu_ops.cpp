@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "chunkwise/backend/cpu/ops.hpp"
+#include "chunkwise/core/sampling.hpp"
 
 namespace {
 
@@ -187,6 +188,27 @@ BENCHMARK(BM_AttentionDecode)
     ->ArgNames({"threads", "batch"})
     ->ArgsProduct({{1, 2}, {1, 16}})
     ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// Args: temperature x 100, top_k, top_p x 100. One draw from a vocabulary of 49152 (normal logits).
+void BM_Sample(benchmark::State& state) {
+  std::mt19937 rng(10);
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  std::vector<float> logits(kVocab);
+  for (float& l : logits) l = dist(rng);
+  const chunkwise::SamplingParams params{static_cast<float>(state.range(0)) / 100.0f,
+                                         static_cast<int>(state.range(1)),
+                                         static_cast<float>(state.range(2)) / 100.0f, 1};
+  std::uint64_t step = 0;
+  for (auto _ : state) benchmark::DoNotOptimize(chunkwise::sample(logits.data(), kVocab, params, step++));
+}
+BENCHMARK(BM_Sample)
+    ->ArgNames({"temp_x100", "top_k", "top_p_x100"})
+    ->Args({0, 0, 100})
+    ->Args({70, 0, 100})
+    ->Args({70, 40, 100})
+    ->Args({70, 0, 90})
+    ->Args({70, 40, 95})
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -27,18 +28,14 @@ double uniform(std::uint64_t seed, std::uint64_t step) {
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
 
-// NaN never wins; ties go to the lowest index.
+// NaN never wins (every comparison with it is false); ties go to the lowest index.
 TokenId argmax(const float* logits, int vocab) {
   int best = 0;
   float best_value = -std::numeric_limits<float>::infinity();
-  bool found = false;
   for (int i = 0; i < vocab; ++i) {
-    const float v = logits[i];
-    if (std::isnan(v)) continue;
-    if (!found || v > best_value) {
+    if (logits[i] > best_value) {
       best = i;
-      best_value = v;
-      found = true;
+      best_value = logits[i];
     }
   }
   return best;
@@ -47,7 +44,7 @@ TokenId argmax(const float* logits, int vocab) {
 struct Candidate {
   float logit;
   TokenId id;
-  double weight;  // exp((logit - max) / temperature), unnormalised
+  double weight;  // exp((logit - max) / temperature), unnormalised; set once the kept set is known
 };
 
 // Higher logit first; equal logits by lower id, so truncation is deterministic.
@@ -72,77 +69,76 @@ TokenId sample(const float* logits, int vocab, const SamplingParams& params, std
   if (params.temperature == 0.0f || params.top_k == 1) return argmax(logits, vocab);
 
   // Candidates in vocabulary order; NaN and -inf logits have zero probability.
-  std::vector<Candidate> cand;
-  cand.reserve(static_cast<std::size_t>(vocab));
   float max_logit = -std::numeric_limits<float>::infinity();
+  int n_cand = 0;
   for (int i = 0; i < vocab; ++i) {
-    if (logits[i] > -std::numeric_limits<float>::infinity()) {
-      cand.push_back({logits[i], i, 0.0});
-      max_logit = std::max(max_logit, logits[i]);
-    }
+    max_logit = logits[i] > max_logit ? logits[i] : max_logit;
+    n_cand += logits[i] > -std::numeric_limits<float>::infinity() ? 1 : 0;
+  }
+  std::vector<Candidate> cand(static_cast<std::size_t>(n_cand));
+  for (int i = 0, n = 0; i < vocab; ++i) {
+    if (logits[i] > -std::numeric_limits<float>::infinity())
+      cand[static_cast<std::size_t>(n++)] = {logits[i], i, 0.0};
   }
   // Nothing finite to normalise: fall back to the argmax (which handles +inf and all-NaN).
   if (cand.empty() || max_logit == std::numeric_limits<float>::infinity()) return argmax(logits, vocab);
-  // Softmax of logit / temperature in double, relative to the max so exp never overflows.
-  const double inv_t = 1.0 / static_cast<double>(params.temperature);
-  for (Candidate& c : cand) c.weight = std::exp((static_cast<double>(c.logit) - max_logit) * inv_t);
+  const float inv_t = 1.0f / params.temperature;
+  auto weigh = [&](std::span<Candidate> cs) {
+    for (Candidate& c : cs) c.weight = std::exp((c.logit - max_logit) * inv_t);
+  };
 
-  // Truncation keeps every candidate ordered no later than `cutoff` in `before` order.
-  bool truncated = false;
-  Candidate cutoff{};
-  std::vector<Candidate> order;
-  if ((params.top_k > 0 && static_cast<std::size_t>(params.top_k) < cand.size()) || params.top_p < 1.0f) {
-    order = cand;
-  }
+  // The kept set is the prefix cand[0, kept). Truncation reorders it (descending, `before`).
+  std::size_t kept = cand.size();
+  bool id_order = true;
   if (params.top_k > 0 && static_cast<std::size_t>(params.top_k) < cand.size()) {
-    const auto kth = order.begin() + (params.top_k - 1);
-    std::nth_element(order.begin(), kth, order.end(), before);
-    cutoff = *kth;
-    order.resize(static_cast<std::size_t>(params.top_k));
-    truncated = true;
+    // Heap selection: one cheap comparison for most of the vocabulary.
+    kept = static_cast<std::size_t>(params.top_k);
+    std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(kept), cand.end(), before);
+    id_order = false;
   }
+  const std::span<Candidate> head(cand.data(), kept);
+  weigh(head);
   if (params.top_p < 1.0f) {
     double total = 0.0;
-    for (const Candidate& c : order) total += c.weight;
+    for (const Candidate& c : head) total += c.weight;
     const double target = static_cast<double>(params.top_p) * total;
     // The nucleus is the shortest head of the descending order holding top_p of the mass (at least
-    // one token). Sort only as much of that order as needed, in growing segments: a peaked
-    // distribution costs one selection over the vocabulary plus a sort of a few hundred entries.
-    std::size_t sorted = 0;
+    // one token). After top-k the head is sorted already; otherwise sort only as much of it as
+    // needed, in growing segments.
+    std::size_t sorted = id_order ? 0 : kept;
     std::size_t n = 0;
     double cum = 0.0;
     for (;;) {
-      const std::size_t next = std::min(order.size(), std::max<std::size_t>(256, sorted * 4));
-      const auto first = order.begin() + static_cast<std::ptrdiff_t>(sorted);
-      const auto last = order.begin() + static_cast<std::ptrdiff_t>(next);
-      if (next < order.size()) std::nth_element(first, last, order.end(), before);
-      std::sort(first, last, before);
-      while (n < next && cum < target) cum += order[n++].weight;
-      sorted = next;
-      if (cum >= target || sorted == order.size()) break;
+      const std::size_t next = std::min(kept, std::max<std::size_t>(256, sorted * 4));
+      if (sorted < next) {
+        const auto first = head.begin() + static_cast<std::ptrdiff_t>(sorted);
+        const auto last = head.begin() + static_cast<std::ptrdiff_t>(next);
+        if (next < kept) std::nth_element(first, last, head.end(), before);
+        std::sort(first, last, before);
+        sorted = next;
+      }
+      while (n < sorted && cum < target) cum += head[n++].weight;
+      if (cum >= target || sorted == kept) break;
     }
-    cutoff = order[std::max<std::size_t>(n, 1) - 1];
-    truncated = true;
+    kept = std::max<std::size_t>(n, 1);
+    id_order = false;
   }
 
-  // Invert the CDF of the kept candidates in vocabulary order: no sort needed, and the token for a
-  // given u is a plain function of (logits, params).
-  auto kept = [&](const Candidate& c) { return !truncated || !before(cutoff, c); };
+  // Invert the CDF of the kept candidates in vocabulary order, so the token for a given u is a
+  // plain function of (logits, params) and not of how the selection above ordered them.
+  const std::span<Candidate> pick(cand.data(), kept);
+  if (!id_order)
+    std::sort(pick.begin(), pick.end(), [](const Candidate& a, const Candidate& b) { return a.id < b.id; });
   double mass = 0.0;
-  for (const Candidate& c : cand) {
-    if (kept(c)) mass += c.weight;
-  }
+  for (const Candidate& c : pick) mass += c.weight;
   const double u = uniform(params.seed, step) * mass;
   double cum = 0.0;
-  TokenId last = cutoff.id;
-  for (const Candidate& c : cand) {
-    if (!kept(c)) continue;
+  for (const Candidate& c : pick) {
     cum += c.weight;
-    last = c.id;
     if (u < cum) return c.id;
   }
   // Rounding can leave u at the very top of the range; the last kept candidate owns it.
-  return last;
+  return pick.back().id;
 }
 
 }  // namespace chunkwise

@@ -17,8 +17,7 @@ constexpr std::int64_t kQK = 32;  // elements per ggml Q4/Q8 block
 
 // Little-endian loads that neither assume alignment nor host byte order.
 inline std::uint16_t load_u16(const std::byte* p) noexcept {
-  return static_cast<std::uint16_t>(std::to_integer<unsigned>(p[0]) |
-                                    (std::to_integer<unsigned>(p[1]) << 8));
+  return static_cast<std::uint16_t>(std::to_integer<unsigned>(p[0]) | (std::to_integer<unsigned>(p[1]) << 8));
 }
 [[maybe_unused]] inline float load_f32(const std::byte* p) noexcept {
   std::uint32_t u = 0;
@@ -27,6 +26,7 @@ inline std::uint16_t load_u16(const std::byte* p) noexcept {
 }
 
 void decode_row(ElemType type, const std::byte* src, std::int64_t n, float* dst) noexcept {
+  if (n <= 0) return;  // empty tensors may come with null pointers, which memcpy must not see
   switch (type) {
     case ElemType::kF32:
       if constexpr (std::endian::native == std::endian::little) {
@@ -81,24 +81,36 @@ void decode_row(ElemType type, const std::byte* src, std::int64_t n, float* dst)
 
 ElemLayout layout(ElemType type) noexcept {
   switch (type) {
-    case ElemType::kF32: return {1, 4};
-    case ElemType::kF16: return {1, 2};
-    case ElemType::kBF16: return {1, 2};
-    case ElemType::kQ8_0: return {kQK, 34};
-    case ElemType::kQ4_0: return {kQK, 18};
-    case ElemType::kQ4_1: return {kQK, 20};
+    case ElemType::kF32:
+      return {1, 4};
+    case ElemType::kF16:
+      return {1, 2};
+    case ElemType::kBF16:
+      return {1, 2};
+    case ElemType::kQ8_0:
+      return {kQK, 34};
+    case ElemType::kQ4_0:
+      return {kQK, 18};
+    case ElemType::kQ4_1:
+      return {kQK, 20};
   }
   return {1, 4};
 }
 
 std::string_view name(ElemType type) noexcept {
   switch (type) {
-    case ElemType::kF32: return "F32";
-    case ElemType::kF16: return "F16";
-    case ElemType::kBF16: return "BF16";
-    case ElemType::kQ8_0: return "Q8_0";
-    case ElemType::kQ4_0: return "Q4_0";
-    case ElemType::kQ4_1: return "Q4_1";
+    case ElemType::kF32:
+      return "F32";
+    case ElemType::kF16:
+      return "F16";
+    case ElemType::kBF16:
+      return "BF16";
+    case ElemType::kQ8_0:
+      return "Q8_0";
+    case ElemType::kQ4_0:
+      return "Q4_0";
+    case ElemType::kQ4_1:
+      return "Q4_1";
   }
   return "?";
 }
@@ -114,13 +126,15 @@ float fp16_to_fp32(std::uint16_t h) noexcept {
   return sign ? -v : v;
 }
 
-float bf16_to_fp32(std::uint16_t h) noexcept { return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16); }
+float bf16_to_fp32(std::uint16_t h) noexcept {
+  return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16);
+}
 
 std::uint16_t fp32_to_fp16(float f) noexcept {
   const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
   const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
   const std::uint32_t ax = x & 0x7FFFFFFFu;
-  if (ax > 0x7F800000u) return static_cast<std::uint16_t>(sign | 0x7E00u);  // nan stays nan
+  if (ax > 0x7F800000u) return static_cast<std::uint16_t>(sign | 0x7E00u);   // nan stays nan
   if (ax >= 0x477FF000u) return static_cast<std::uint16_t>(sign | 0x7C00u);  // >= 65520 rounds to inf
   if (ax < 0x38800000u) {
     // Below the smallest normal half: scaling by 2^24 is exact, nearbyint rounds to even.
@@ -144,13 +158,14 @@ std::uint64_t encoded_size(ElemType type, std::uint64_t n) {
   const auto block = static_cast<std::uint64_t>(l.block_elems);
   if (n % block != 0) {
     throw Error(ErrorCode::kModelFormat,
-                fmt::format("{} data of {} elements is not a whole number of {}-element blocks", name(type), n,
-                            block));
+                fmt::format("{} data of {} elements is not a whole number of {}-element blocks", name(type),
+                            n, block));
   }
   const std::uint64_t blocks = n / block;
   const auto bytes = static_cast<std::uint64_t>(l.block_bytes);
   if (blocks > std::numeric_limits<std::uint64_t>::max() / bytes) {
-    throw Error(ErrorCode::kModelFormat, fmt::format("{} data of {} elements overflows a byte count", name(type), n));
+    throw Error(ErrorCode::kModelFormat,
+                fmt::format("{} data of {} elements overflows a byte count", name(type), n));
   }
   return blocks * bytes;
 }
@@ -158,8 +173,8 @@ std::uint64_t encoded_size(ElemType type, std::uint64_t n) {
 void dequantize(ElemType type, std::span<const std::byte> src, std::span<float> dst) {
   const std::uint64_t need = encoded_size(type, dst.size());
   if (src.size() != need) {
-    throw Error(ErrorCode::kModelFormat, fmt::format("{} data for {} elements needs {} bytes, got {}", name(type),
-                                                     dst.size(), need, src.size()));
+    throw Error(ErrorCode::kModelFormat, fmt::format("{} data for {} elements needs {} bytes, got {}",
+                                                     name(type), dst.size(), need, src.size()));
   }
   decode_row(type, src.data(), static_cast<std::int64_t>(dst.size()), dst.data());
 }
@@ -167,7 +182,8 @@ void dequantize(ElemType type, std::span<const std::byte> src, std::span<float> 
 namespace {
 
 void check_job(const RowJob& j) {
-  if (j.rows < 0 || j.cols < 0 || (j.cols != 0 && j.rows > std::numeric_limits<std::int64_t>::max() / j.cols)) {
+  if (j.rows < 0 || j.cols < 0 ||
+      (j.cols != 0 && j.rows > std::numeric_limits<std::int64_t>::max() / j.cols)) {
     throw Error(ErrorCode::kModelFormat, fmt::format("bad matrix shape [{}, {}]", j.rows, j.cols));
   }
   const std::uint64_t row_bytes = encoded_size(j.type, static_cast<std::uint64_t>(j.cols));
@@ -176,15 +192,16 @@ void check_job(const RowJob& j) {
       (rows != 0 && row_bytes > std::numeric_limits<std::uint64_t>::max() / rows) ||
       j.src.size() != row_bytes * rows) {
     throw Error(ErrorCode::kModelFormat,
-                fmt::format("{} matrix [{}, {}]: {} source bytes / {} destination floats do not match", name(j.type),
-                            j.rows, j.cols, j.src.size(), j.dst.size()));
+                fmt::format("{} matrix [{}, {}]: {} source bytes / {} destination floats do not match",
+                            name(j.type), j.rows, j.cols, j.src.size(), j.dst.size()));
   }
   if (!j.dst_row.empty()) {
     if (j.dst_row.size() != rows) {
       throw Error(ErrorCode::kInvalidArgument, "dequantize_rows: row map size differs from row count");
     }
     for (const std::int64_t r : j.dst_row) {
-      if (r < 0 || r >= j.rows) throw Error(ErrorCode::kInvalidArgument, "dequantize_rows: row map out of range");
+      if (r < 0 || r >= j.rows)
+        throw Error(ErrorCode::kInvalidArgument, "dequantize_rows: row map out of range");
     }
   }
 }
@@ -206,7 +223,8 @@ void dequantize_rows(std::span<const RowJob> jobs) {
     const std::uint64_t row_bytes = encoded_size(j.type, static_cast<std::uint64_t>(j.cols));
     // Chunks of about 64K elements balance well without much scheduling overhead.
     const std::int64_t step = std::max<std::int64_t>(1, (std::int64_t{1} << 16) / j.cols);
-    for (std::int64_t r = 0; r < j.rows; r += step) chunks.push_back({&j, r, std::min(j.rows, r + step), row_bytes});
+    for (std::int64_t r = 0; r < j.rows; r += step)
+      chunks.push_back({&j, r, std::min(j.rows, r + step), row_bytes});
     total += j.rows * j.cols;
   }
   // Tiny inputs (test models, fuzz cases) are not worth waking the thread pool for.
@@ -218,7 +236,8 @@ void dequantize_rows(std::span<const RowJob> jobs) {
     const RowJob& j = *c.job;
     for (std::int64_t r = c.row_begin; r < c.row_end; ++r) {
       const std::int64_t to = j.dst_row.empty() ? r : j.dst_row[static_cast<std::size_t>(r)];
-      decode_row(j.type, j.src.data() + static_cast<std::uint64_t>(r) * c.row_bytes, j.cols, j.dst.data() + to * j.cols);
+      decode_row(j.type, j.src.data() + static_cast<std::uint64_t>(r) * c.row_bytes, j.cols,
+                 j.dst.data() + to * j.cols);
     }
   }
 }

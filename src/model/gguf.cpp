@@ -34,7 +34,8 @@ namespace chunkwise {
 MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
 #ifdef CHUNKWISE_HAVE_MMAP
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(ErrorCode::kIo, fmt::format("cannot open '{}': {}", path.string(), std::strerror(errno)));
+  if (fd < 0)
+    throw Error(ErrorCode::kIo, fmt::format("cannot open '{}': {}", path.string(), std::strerror(errno)));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -81,7 +82,9 @@ void MappedFile::release() noexcept {
   buffer_.clear();
 }
 
-MappedFile::~MappedFile() { release(); }
+MappedFile::~MappedFile() {
+  release();
+}
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : path_(std::move(other.path_)),
@@ -126,7 +129,9 @@ T load_le(const std::byte* p) noexcept {
   return v;
 }
 
-[[noreturn]] void fail(std::string message) { throw Error(ErrorCode::kModelFormat, "gguf: " + message); }
+[[noreturn]] void fail(std::string message) {
+  throw Error(ErrorCode::kModelFormat, "gguf: " + message);
+}
 
 constexpr std::uint32_t kMaxValueType = 12;
 
@@ -135,17 +140,22 @@ std::uint64_t scalar_size(ValueType t) noexcept {
   switch (t) {
     case ValueType::kUint8:
     case ValueType::kInt8:
-    case ValueType::kBool: return 1;
+    case ValueType::kBool:
+      return 1;
     case ValueType::kUint16:
-    case ValueType::kInt16: return 2;
+    case ValueType::kInt16:
+      return 2;
     case ValueType::kUint32:
     case ValueType::kInt32:
-    case ValueType::kFloat32: return 4;
+    case ValueType::kFloat32:
+      return 4;
     case ValueType::kUint64:
     case ValueType::kInt64:
-    case ValueType::kFloat64: return 8;
+    case ValueType::kFloat64:
+      return 8;
     case ValueType::kString:
-    case ValueType::kArray: return 0;
+    case ValueType::kArray:
+      return 0;
   }
   return 0;
 }
@@ -162,8 +172,8 @@ class Cursor {
   void need(std::uint64_t n, std::string_view what, std::string_view key) const {
     if (n > remaining()) {
       fail(fmt::format("truncated: {}{}{} needs {} bytes at offset {} but the file ends at {}", what,
-                       key.empty() ? "" : " of ", key.empty() ? std::string() : fmt::format("'{}'", key), n, pos_,
-                       bytes_.size()));
+                       key.empty() ? "" : " of ", key.empty() ? std::string() : fmt::format("'{}'", key), n,
+                       pos_, bytes_.size()));
     }
   }
 
@@ -206,7 +216,8 @@ ValueType checked_value_type(std::uint32_t raw, std::string_view key) {
 Value read_value(Cursor& c, ValueType type, std::string_view key, int depth);
 
 Array read_array(Cursor& c, std::string_view key, int depth) {
-  if (depth > kMaxArrayDepth) fail(fmt::format("key '{}': arrays nested deeper than {}", key, kMaxArrayDepth));
+  if (depth > kMaxArrayDepth)
+    fail(fmt::format("key '{}': arrays nested deeper than {}", key, kMaxArrayDepth));
   Array a;
   a.type = checked_value_type(c.read<std::uint32_t>("array element type", key), key);
   a.count = c.read<std::uint64_t>("array length", key);
@@ -216,8 +227,8 @@ Array read_array(Cursor& c, std::string_view key, int depth) {
                                  : a.type == ValueType::kArray ? 12
                                                                : scalar_size(a.type);
   if (a.count > c.remaining() / min_elem) {
-    fail(fmt::format("key '{}': array of {} {} elements at offset {} cannot fit in the {} bytes left", key, a.count,
-                     to_string(a.type), c.pos() - 12, c.remaining()));
+    fail(fmt::format("key '{}': array of {} {} elements at offset {} cannot fit in the {} bytes left", key,
+                     a.count, to_string(a.type), c.pos() - 12, c.remaining()));
   }
   if (a.type == ValueType::kString) {
     a.strings.reserve(a.size());
@@ -236,19 +247,32 @@ Array read_array(Cursor& c, std::string_view key, int depth) {
 
 Value read_value(Cursor& c, ValueType type, std::string_view key, int depth) {
   switch (type) {
-    case ValueType::kUint8: return {type, std::int64_t{c.read<std::uint8_t>("value", key)}};
-    case ValueType::kInt8: return {type, std::int64_t{c.read<std::int8_t>("value", key)}};
-    case ValueType::kUint16: return {type, std::int64_t{c.read<std::uint16_t>("value", key)}};
-    case ValueType::kInt16: return {type, std::int64_t{c.read<std::int16_t>("value", key)}};
-    case ValueType::kUint32: return {type, std::int64_t{c.read<std::uint32_t>("value", key)}};
-    case ValueType::kInt32: return {type, std::int64_t{c.read<std::int32_t>("value", key)}};
-    case ValueType::kUint64: return {type, c.read<std::uint64_t>("value", key)};
-    case ValueType::kInt64: return {type, c.read<std::int64_t>("value", key)};
-    case ValueType::kFloat32: return {type, double{c.read<float>("value", key)}};
-    case ValueType::kFloat64: return {type, c.read<double>("value", key)};
-    case ValueType::kBool: return {type, c.read<std::uint8_t>("value", key) != 0};
-    case ValueType::kString: return {type, c.read_string("string value", key)};
-    case ValueType::kArray: return {type, read_array(c, key, depth + 1)};
+    case ValueType::kUint8:
+      return {type, std::int64_t{c.read<std::uint8_t>("value", key)}};
+    case ValueType::kInt8:
+      return {type, std::int64_t{c.read<std::int8_t>("value", key)}};
+    case ValueType::kUint16:
+      return {type, std::int64_t{c.read<std::uint16_t>("value", key)}};
+    case ValueType::kInt16:
+      return {type, std::int64_t{c.read<std::int16_t>("value", key)}};
+    case ValueType::kUint32:
+      return {type, std::int64_t{c.read<std::uint32_t>("value", key)}};
+    case ValueType::kInt32:
+      return {type, std::int64_t{c.read<std::int32_t>("value", key)}};
+    case ValueType::kUint64:
+      return {type, c.read<std::uint64_t>("value", key)};
+    case ValueType::kInt64:
+      return {type, c.read<std::int64_t>("value", key)};
+    case ValueType::kFloat32:
+      return {type, double{c.read<float>("value", key)}};
+    case ValueType::kFloat64:
+      return {type, c.read<double>("value", key)};
+    case ValueType::kBool:
+      return {type, c.read<std::uint8_t>("value", key) != 0};
+    case ValueType::kString:
+      return {type, c.read_string("string value", key)};
+    case ValueType::kArray:
+      return {type, read_array(c, key, depth + 1)};
   }
   fail(fmt::format("key '{}' has unknown value type {}", key, static_cast<std::uint32_t>(type)));
 }
@@ -259,16 +283,21 @@ struct TypeEntry {
   TypeTraits traits;
 };
 constexpr std::array kTypes{
-    TypeEntry{0, {"F32", 1, 4}},         TypeEntry{1, {"F16", 1, 2}},        TypeEntry{2, {"Q4_0", 32, 18}},
-    TypeEntry{3, {"Q4_1", 32, 20}},      TypeEntry{6, {"Q5_0", 32, 22}},     TypeEntry{7, {"Q5_1", 32, 24}},
-    TypeEntry{8, {"Q8_0", 32, 34}},      TypeEntry{9, {"Q8_1", 32, 36}},     TypeEntry{10, {"Q2_K", 256, 84}},
-    TypeEntry{11, {"Q3_K", 256, 110}},   TypeEntry{12, {"Q4_K", 256, 144}},  TypeEntry{13, {"Q5_K", 256, 176}},
-    TypeEntry{14, {"Q6_K", 256, 210}},   TypeEntry{15, {"Q8_K", 256, 292}},  TypeEntry{16, {"IQ2_XXS", 256, 66}},
-    TypeEntry{17, {"IQ2_XS", 256, 74}},  TypeEntry{18, {"IQ3_XXS", 256, 98}}, TypeEntry{19, {"IQ1_S", 256, 50}},
-    TypeEntry{20, {"IQ4_NL", 32, 18}},   TypeEntry{21, {"IQ3_S", 256, 110}}, TypeEntry{22, {"IQ2_S", 256, 82}},
-    TypeEntry{23, {"IQ4_XS", 256, 136}}, TypeEntry{24, {"I8", 1, 1}},        TypeEntry{25, {"I16", 1, 2}},
-    TypeEntry{26, {"I32", 1, 4}},        TypeEntry{27, {"I64", 1, 8}},       TypeEntry{28, {"F64", 1, 8}},
-    TypeEntry{29, {"IQ1_M", 256, 56}},   TypeEntry{30, {"BF16", 1, 2}},      TypeEntry{34, {"TQ1_0", 256, 54}},
+    TypeEntry{0, {"F32", 1, 4}},         TypeEntry{1, {"F16", 1, 2}},
+    TypeEntry{2, {"Q4_0", 32, 18}},      TypeEntry{3, {"Q4_1", 32, 20}},
+    TypeEntry{6, {"Q5_0", 32, 22}},      TypeEntry{7, {"Q5_1", 32, 24}},
+    TypeEntry{8, {"Q8_0", 32, 34}},      TypeEntry{9, {"Q8_1", 32, 36}},
+    TypeEntry{10, {"Q2_K", 256, 84}},    TypeEntry{11, {"Q3_K", 256, 110}},
+    TypeEntry{12, {"Q4_K", 256, 144}},   TypeEntry{13, {"Q5_K", 256, 176}},
+    TypeEntry{14, {"Q6_K", 256, 210}},   TypeEntry{15, {"Q8_K", 256, 292}},
+    TypeEntry{16, {"IQ2_XXS", 256, 66}}, TypeEntry{17, {"IQ2_XS", 256, 74}},
+    TypeEntry{18, {"IQ3_XXS", 256, 98}}, TypeEntry{19, {"IQ1_S", 256, 50}},
+    TypeEntry{20, {"IQ4_NL", 32, 18}},   TypeEntry{21, {"IQ3_S", 256, 110}},
+    TypeEntry{22, {"IQ2_S", 256, 82}},   TypeEntry{23, {"IQ4_XS", 256, 136}},
+    TypeEntry{24, {"I8", 1, 1}},         TypeEntry{25, {"I16", 1, 2}},
+    TypeEntry{26, {"I32", 1, 4}},        TypeEntry{27, {"I64", 1, 8}},
+    TypeEntry{28, {"F64", 1, 8}},        TypeEntry{29, {"IQ1_M", 256, 56}},
+    TypeEntry{30, {"BF16", 1, 2}},       TypeEntry{34, {"TQ1_0", 256, 54}},
     TypeEntry{35, {"TQ2_0", 256, 66}},   TypeEntry{39, {"MXFP4", 32, 17}},
 };
 
@@ -280,23 +309,37 @@ std::string type_name(std::uint32_t id) {
 // The ggml types we can dequantize.
 bool elem_type(std::uint32_t id, detail::ElemType& out) noexcept {
   switch (static_cast<TensorType>(id)) {
-    case TensorType::kF32: out = detail::ElemType::kF32; return true;
-    case TensorType::kF16: out = detail::ElemType::kF16; return true;
-    case TensorType::kBF16: out = detail::ElemType::kBF16; return true;
-    case TensorType::kQ8_0: out = detail::ElemType::kQ8_0; return true;
-    case TensorType::kQ4_0: out = detail::ElemType::kQ4_0; return true;
-    case TensorType::kQ4_1: out = detail::ElemType::kQ4_1; return true;
-    default: return false;
+    case TensorType::kF32:
+      out = detail::ElemType::kF32;
+      return true;
+    case TensorType::kF16:
+      out = detail::ElemType::kF16;
+      return true;
+    case TensorType::kBF16:
+      out = detail::ElemType::kBF16;
+      return true;
+    case TensorType::kQ8_0:
+      out = detail::ElemType::kQ8_0;
+      return true;
+    case TensorType::kQ4_0:
+      out = detail::ElemType::kQ4_0;
+      return true;
+    case TensorType::kQ4_1:
+      out = detail::ElemType::kQ4_1;
+      return true;
+    default:
+      return false;
   }
 }
 
 detail::ElemType require_elem_type(const TensorInfo& t) {
   detail::ElemType e{};
   if (!elem_type(t.type_id, e)) {
-    throw Error(ErrorCode::kUnsupported,
-                fmt::format("gguf: tensor '{}' has type {}, which cannot be dequantized (supported: F32, F16, BF16, "
-                            "Q8_0, Q4_0, Q4_1)",
-                            t.name, type_name(t.type_id)));
+    throw Error(
+        ErrorCode::kUnsupported,
+        fmt::format("gguf: tensor '{}' has type {}, which cannot be dequantized (supported: F32, F16, BF16, "
+                    "Q8_0, Q4_0, Q4_1)",
+                    t.name, type_name(t.type_id)));
   }
   return e;
 }
@@ -307,19 +350,32 @@ detail::ElemType require_elem_type(const TensorInfo& t) {
 
 std::string_view to_string(ValueType type) noexcept {
   switch (type) {
-    case ValueType::kUint8: return "uint8";
-    case ValueType::kInt8: return "int8";
-    case ValueType::kUint16: return "uint16";
-    case ValueType::kInt16: return "int16";
-    case ValueType::kUint32: return "uint32";
-    case ValueType::kInt32: return "int32";
-    case ValueType::kFloat32: return "float32";
-    case ValueType::kBool: return "bool";
-    case ValueType::kString: return "string";
-    case ValueType::kArray: return "array";
-    case ValueType::kUint64: return "uint64";
-    case ValueType::kInt64: return "int64";
-    case ValueType::kFloat64: return "float64";
+    case ValueType::kUint8:
+      return "uint8";
+    case ValueType::kInt8:
+      return "int8";
+    case ValueType::kUint16:
+      return "uint16";
+    case ValueType::kInt16:
+      return "int16";
+    case ValueType::kUint32:
+      return "uint32";
+    case ValueType::kInt32:
+      return "int32";
+    case ValueType::kFloat32:
+      return "float32";
+    case ValueType::kBool:
+      return "bool";
+    case ValueType::kString:
+      return "string";
+    case ValueType::kArray:
+      return "array";
+    case ValueType::kUint64:
+      return "uint64";
+    case ValueType::kInt64:
+      return "int64";
+    case ValueType::kFloat64:
+      return "float64";
   }
   return "unknown";
 }
@@ -335,14 +391,22 @@ std::int64_t Array::int_at(std::size_t i) const {
   if (i >= size()) fail(fmt::format("array index {} out of range (size {})", i, count));
   const std::byte* p = scalars.data() + i * scalar_size(type);
   switch (type) {
-    case ValueType::kUint8: return load_le<std::uint8_t>(p);
-    case ValueType::kInt8: return load_le<std::int8_t>(p);
-    case ValueType::kUint16: return load_le<std::uint16_t>(p);
-    case ValueType::kInt16: return load_le<std::int16_t>(p);
-    case ValueType::kUint32: return load_le<std::uint32_t>(p);
-    case ValueType::kInt32: return load_le<std::int32_t>(p);
-    case ValueType::kInt64: return load_le<std::int64_t>(p);
-    case ValueType::kBool: return load_le<std::uint8_t>(p) != 0 ? 1 : 0;
+    case ValueType::kUint8:
+      return load_le<std::uint8_t>(p);
+    case ValueType::kInt8:
+      return load_le<std::int8_t>(p);
+    case ValueType::kUint16:
+      return load_le<std::uint16_t>(p);
+    case ValueType::kInt16:
+      return load_le<std::int16_t>(p);
+    case ValueType::kUint32:
+      return load_le<std::uint32_t>(p);
+    case ValueType::kInt32:
+      return load_le<std::int32_t>(p);
+    case ValueType::kInt64:
+      return load_le<std::int64_t>(p);
+    case ValueType::kBool:
+      return load_le<std::uint8_t>(p) != 0 ? 1 : 0;
     case ValueType::kUint64: {
       const auto v = load_le<std::uint64_t>(p);
       if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
@@ -350,7 +414,8 @@ std::int64_t Array::int_at(std::size_t i) const {
       }
       return static_cast<std::int64_t>(v);
     }
-    default: fail(fmt::format("array of {} where integers were expected", to_string(type)));
+    default:
+      fail(fmt::format("array of {} where integers were expected", to_string(type)));
   }
 }
 
@@ -365,7 +430,9 @@ bool Value::is_integer() const noexcept {
   return std::holds_alternative<std::int64_t>(data_) || std::holds_alternative<std::uint64_t>(data_);
 }
 
-bool Value::is_number() const noexcept { return is_integer() || std::holds_alternative<double>(data_); }
+bool Value::is_number() const noexcept {
+  return is_integer() || std::holds_alternative<double>(data_);
+}
 
 std::int64_t Value::as_int(std::string_view what) const {
   if (const auto* v = std::get_if<std::int64_t>(&data_)) return *v;
@@ -421,12 +488,14 @@ File parse(std::span<const std::byte> bytes) {
   (void)c.take(4, "magic");
   f.version = c.read<std::uint32_t>("version");
   if (f.version == 1) {
-    throw Error(ErrorCode::kUnsupported, "gguf: version 1 files are not supported (re-convert with llama.cpp)");
+    throw Error(ErrorCode::kUnsupported,
+                "gguf: version 1 files are not supported (re-convert with llama.cpp)");
   }
   if (f.version != 2 && f.version != 3) {
     const bool swapped = f.version == 0x02000000u || f.version == 0x03000000u;
-    throw Error(ErrorCode::kUnsupported, swapped ? std::string("gguf: big-endian GGUF files are not supported")
-                                                 : fmt::format("gguf: unsupported version {}", f.version));
+    throw Error(ErrorCode::kUnsupported, swapped
+                                             ? std::string("gguf: big-endian GGUF files are not supported")
+                                             : fmt::format("gguf: unsupported version {}", f.version));
   }
   const auto n_tensors = c.read<std::uint64_t>("tensor count");
   const auto n_kv = c.read<std::uint64_t>("metadata count");
@@ -462,7 +531,8 @@ File parse(std::span<const std::byte> bytes) {
     TensorInfo t;
     t.name = c.read_string(fmt::format("name of tensor #{}", i));
     const auto n_dims = c.read<std::uint32_t>("dimension count of tensor", t.name);
-    if (n_dims > kMaxDims) fail(fmt::format("tensor '{}' has {} dimensions (at most {})", t.name, n_dims, kMaxDims));
+    if (n_dims > kMaxDims)
+      fail(fmt::format("tensor '{}' has {} dimensions (at most {})", t.name, n_dims, kMaxDims));
     t.ne.resize(n_dims);
     std::uint64_t n = 1;
     bool overflow = false;
@@ -470,7 +540,8 @@ File parse(std::span<const std::byte> bytes) {
       const auto v = c.read<std::uint64_t>("dimension of tensor", t.name);
       if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) overflow = true;
       t.ne[d] = static_cast<std::int64_t>(v);
-      if (v != 0 && n > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) / v) overflow = true;
+      if (v != 0 && n > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) / v)
+        overflow = true;
       n *= v;
     }
     if (overflow) {
@@ -482,7 +553,8 @@ File parse(std::span<const std::byte> bytes) {
     t.type_id = c.read<std::uint32_t>("type of tensor", t.name);
     const TypeTraits* tr = type_traits(t.type_id);
     if (tr == nullptr) {
-      throw Error(ErrorCode::kUnsupported, fmt::format("gguf: tensor '{}' has unknown type id {}", t.name, t.type_id));
+      throw Error(ErrorCode::kUnsupported,
+                  fmt::format("gguf: tensor '{}' has unknown type id {}", t.name, t.type_id));
     }
     const auto block = static_cast<std::uint64_t>(tr->block_elems);
     const std::uint64_t row = n_dims > 0 ? static_cast<std::uint64_t>(t.ne[0]) : 1;
@@ -490,8 +562,13 @@ File parse(std::span<const std::byte> bytes) {
       fail(fmt::format("tensor '{}' of type {}: row length {} is not a multiple of the block size {}", t.name,
                        tr->name, row, block));
     }
-    // n / block blocks of block_bytes each; with n < 2^63 and block_bytes < 2^9 this cannot overflow.
-    t.n_bytes = n / block * static_cast<std::uint64_t>(tr->block_bytes);
+    const std::uint64_t blocks = n / block;
+    const auto block_bytes = static_cast<std::uint64_t>(tr->block_bytes);
+    if (blocks > std::numeric_limits<std::uint64_t>::max() / block_bytes) {
+      fail(fmt::format("tensor '{}' of {} elements of type {} has a byte size that overflows", t.name, n,
+                       tr->name));
+    }
+    t.n_bytes = blocks * block_bytes;
     t.offset = c.read<std::uint64_t>("data offset of tensor", t.name);
     if (t.offset % f.alignment != 0) {
       fail(fmt::format("tensor '{}' data offset {} is not a multiple of the alignment {}", t.name, t.offset,
@@ -506,13 +583,14 @@ File parse(std::span<const std::byte> bytes) {
   const std::uint64_t pos = c.pos();
   f.data_offset = (pos + f.alignment - 1) / f.alignment * f.alignment;
   if (!f.tensors.empty() && f.data_offset > f.file_size) {
-    fail(fmt::format("tensor data section would start at {}, past the end of the file (size {})", f.data_offset,
-                     f.file_size));
+    fail(fmt::format("tensor data section would start at {}, past the end of the file (size {})",
+                     f.data_offset, f.file_size));
   }
   const std::uint64_t data_size = f.file_size > f.data_offset ? f.file_size - f.data_offset : 0;
   for (const TensorInfo& t : f.tensors) {
     if (t.offset > data_size || t.n_bytes > data_size - t.offset) {
-      fail(fmt::format("tensor '{}' data [{}, {}) past end of file (size {})", t.name, f.data_offset + t.offset,
+      fail(fmt::format("tensor '{}' data [{}, {}) past end of file (size {})", t.name,
+                       f.data_offset + t.offset,
                        // Shown as an exact sum where it fits, which it does for any real file.
                        t.n_bytes > std::numeric_limits<std::uint64_t>::max() - f.data_offset - t.offset
                            ? std::numeric_limits<std::uint64_t>::max()
@@ -537,16 +615,19 @@ File parse(std::span<const std::byte> bytes) {
   return f;
 }
 
-std::span<const std::byte> tensor_data(const File& file, std::span<const std::byte> bytes, const TensorInfo& t) {
+std::span<const std::byte> tensor_data(const File& file, std::span<const std::byte> bytes,
+                                       const TensorInfo& t) {
   if (bytes.size() != file.file_size) {
-    throw Error(ErrorCode::kInvalidArgument, "gguf: tensor_data called with bytes other than the parsed image");
+    throw Error(ErrorCode::kInvalidArgument,
+                "gguf: tensor_data called with bytes other than the parsed image");
   }
   // parse() checked the range; recheck so a hand-built TensorInfo cannot read out of bounds.
   if (file.data_offset > bytes.size() || t.offset > bytes.size() - file.data_offset ||
       t.n_bytes > bytes.size() - file.data_offset - t.offset) {
     fail(fmt::format("tensor '{}' data lies outside the file (size {})", t.name, bytes.size()));
   }
-  return bytes.subspan(static_cast<std::size_t>(file.data_offset + t.offset), static_cast<std::size_t>(t.n_bytes));
+  return bytes.subspan(static_cast<std::size_t>(file.data_offset + t.offset),
+                       static_cast<std::size_t>(t.n_bytes));
 }
 
 std::vector<float> to_float(const File& file, std::span<const std::byte> bytes, const TensorInfo& t) {
@@ -573,7 +654,8 @@ TokenizerSpec tokenizer_spec(const File& file) {
   if (const Value* v = file.find("tokenizer.ggml.token_type")) {
     const Array& a = v->as_array("tokenizer.ggml.token_type");
     if (a.size() != spec.tokens.size()) {
-      fail(fmt::format("tokenizer.ggml.token_type has {} entries for {} tokens", a.size(), spec.tokens.size()));
+      fail(fmt::format("tokenizer.ggml.token_type has {} entries for {} tokens", a.size(),
+                       spec.tokens.size()));
     }
     spec.token_types.resize(a.size());
     for (std::size_t i = 0; i < a.size(); ++i) {
@@ -736,10 +818,12 @@ void read_rope_scaling(const File& f, std::span<const std::byte> bytes, Mapper& 
     throw Error(ErrorCode::kUnsupported, fmt::format("gguf: RoPE scaling type '{}' is not supported", kind));
   }
   if (kind != "none" && factor && *factor != 1.0) {
-    throw Error(ErrorCode::kUnsupported, fmt::format("gguf: linear RoPE scaling (factor {}) is not supported", *factor));
+    throw Error(ErrorCode::kUnsupported,
+                fmt::format("gguf: linear RoPE scaling (factor {}) is not supported", *factor));
   }
   if (const std::optional<double> old = m.real("rope.scale_linear"); old && *old != 1.0) {
-    throw Error(ErrorCode::kUnsupported, fmt::format("gguf: linear RoPE scaling (factor {}) is not supported", *old));
+    throw Error(ErrorCode::kUnsupported,
+                fmt::format("gguf: linear RoPE scaling (factor {}) is not supported", *old));
   }
 
   // Llama 3.x GGUFs carry no scaling keys: the converter stores the per-frequency divisors as the
@@ -810,9 +894,10 @@ LoadedModel to_model(const File& file, std::span<const std::byte> bytes, std::st
                 fmt::format("gguf: value_length {} differs from key_length {}", *vl, cfg.head_dim));
   }
   if (const auto rd = m.dim("rope.dimension_count"); rd && *rd != cfg.head_dim) {
-    throw Error(ErrorCode::kUnsupported, fmt::format("gguf: partial rotary embedding (rope.dimension_count {} of "
-                                                     "head_dim {}) is not supported",
-                                                     *rd, cfg.head_dim));
+    throw Error(ErrorCode::kUnsupported,
+                fmt::format("gguf: partial rotary embedding (rope.dimension_count {} of "
+                            "head_dim {}) is not supported",
+                            *rd, cfg.head_dim));
   }
   cfg.rope_theta = static_cast<float>(m.real("rope.freq_base").value_or(10000.0));
   const auto eps = m.real("attention.layer_norm_rms_epsilon");
@@ -871,7 +956,8 @@ LoadedModel to_model(const File& file, std::span<const std::byte> bytes, std::st
   for (const TensorInfo& t : file.tensors) {
     if (!m.used().contains(t.name)) {
       throw Error(ErrorCode::kUnsupported,
-                  fmt::format("gguf: tensor '{}' is not part of the Llama mapping (architecture '{}')", t.name, arch));
+                  fmt::format("gguf: tensor '{}' is not part of the Llama mapping (architecture '{}')",
+                              t.name, arch));
     }
   }
   m.run();

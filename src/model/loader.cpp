@@ -54,7 +54,8 @@ std::vector<std::pair<std::string, std::vector<std::string>>> shard_plan(const f
     std::map<std::string, std::vector<std::string>> by_file;
     for (const auto& [tensor, file] : wm->items()) {
       if (!file.is_string()) {
-        throw Error(ErrorCode::kModelFormat, fmt::format("'{}': weight_map['{}'] is not a string", index.string(), tensor));
+        throw Error(ErrorCode::kModelFormat,
+                    fmt::format("'{}': weight_map['{}'] is not a string", index.string(), tensor));
       }
       const auto& name = file.get_ref<const std::string&>();
       check_shard_name(name);
@@ -65,10 +66,12 @@ std::vector<std::pair<std::string, std::vector<std::string>>> shard_plan(const f
   }
   if (fs::exists(folder / "model.safetensors")) return {{"model.safetensors", {}}};
   for (const auto& e : fs::directory_iterator(folder)) {
-    if (e.is_regular_file() && e.path().extension() == ".safetensors") plan.emplace_back(e.path().filename(), std::vector<std::string>{});
+    if (e.is_regular_file() && e.path().extension() == ".safetensors")
+      plan.emplace_back(e.path().filename(), std::vector<std::string>{});
   }
   std::sort(plan.begin(), plan.end());
-  if (plan.empty()) throw Error(ErrorCode::kIo, fmt::format("no *.safetensors files in '{}'", folder.string()));
+  if (plan.empty())
+    throw Error(ErrorCode::kIo, fmt::format("no *.safetensors files in '{}'", folder.string()));
   return plan;
 }
 
@@ -80,7 +83,8 @@ LoadedModel load_gguf_model(const fs::path& file) {
 }
 
 LoadedModel load_safetensors_model(const fs::path& folder) {
-  if (!fs::is_directory(folder)) throw Error(ErrorCode::kIo, fmt::format("'{}' is not a folder", folder.string()));
+  if (!fs::is_directory(folder))
+    throw Error(ErrorCode::kIo, fmt::format("'{}' is not a folder", folder.string()));
   LoadedModel out;
   out.source = folder.string();
   out.config = safetensors::config_from_json(read_text(folder / "config.json"));
@@ -95,9 +99,10 @@ LoadedModel load_safetensors_model(const fs::path& folder) {
     safetensors::Shard s{file, safetensors::parse(maps.back().bytes()), maps.back().bytes()};
     for (const std::string& t : promised) {
       if (s.header.find(t) == nullptr) {
-        throw Error(ErrorCode::kModelFormat, fmt::format("safetensors: index places tensor '{}' in '{}', which does "
-                                                         "not contain it",
-                                                         t, file));
+        throw Error(ErrorCode::kModelFormat,
+                    fmt::format("safetensors: index places tensor '{}' in '{}', which does "
+                                "not contain it",
+                                t, file));
       }
     }
     shards.push_back(std::move(s));

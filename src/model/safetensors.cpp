@@ -29,7 +29,8 @@ constexpr int kMaxJsonDepth = 32;
 json parse_json(std::string_view text, const char* what) {
   const auto limit = [what](int depth, json::parse_event_t, json&) {
     if (depth > kMaxJsonDepth) {
-      throw Error(ErrorCode::kModelFormat, fmt::format("{}: JSON nested deeper than {}", what, kMaxJsonDepth));
+      throw Error(ErrorCode::kModelFormat,
+                  fmt::format("{}: JSON nested deeper than {}", what, kMaxJsonDepth));
     }
     return true;
   };
@@ -41,26 +42,31 @@ json parse_json(std::string_view text, const char* what) {
 }
 
 constexpr std::pair<std::string_view, Dtype> kDtypes[] = {
-    {"BOOL", Dtype::kBool}, {"U8", Dtype::kU8},   {"I8", Dtype::kI8},     {"F8_E5M2", Dtype::kF8_E5M2},
+    {"BOOL", Dtype::kBool},       {"U8", Dtype::kU8},   {"I8", Dtype::kI8},   {"F8_E5M2", Dtype::kF8_E5M2},
     {"F8_E4M3", Dtype::kF8_E4M3}, {"I16", Dtype::kI16}, {"U16", Dtype::kU16}, {"F16", Dtype::kF16},
-    {"BF16", Dtype::kBF16}, {"I32", Dtype::kI32}, {"U32", Dtype::kU32},   {"F32", Dtype::kF32},
-    {"F64", Dtype::kF64},   {"I64", Dtype::kI64}, {"U64", Dtype::kU64},
+    {"BF16", Dtype::kBF16},       {"I32", Dtype::kI32}, {"U32", Dtype::kU32}, {"F32", Dtype::kF32},
+    {"F64", Dtype::kF64},         {"I64", Dtype::kI64}, {"U64", Dtype::kU64},
 };
 
 std::optional<detail::ElemType> elem_type(Dtype d) noexcept {
   switch (d) {
-    case Dtype::kF32: return detail::ElemType::kF32;
-    case Dtype::kF16: return detail::ElemType::kF16;
-    case Dtype::kBF16: return detail::ElemType::kBF16;
-    default: return std::nullopt;
+    case Dtype::kF32:
+      return detail::ElemType::kF32;
+    case Dtype::kF16:
+      return detail::ElemType::kF16;
+    case Dtype::kBF16:
+      return detail::ElemType::kBF16;
+    default:
+      return std::nullopt;
   }
 }
 
 detail::ElemType require_elem_type(const TensorInfo& t) {
   const auto e = elem_type(t.dtype);
   if (!e) {
-    throw Error(ErrorCode::kUnsupported, fmt::format("safetensors: tensor '{}' has dtype {} (supported: F32, F16, BF16)",
-                                                     t.name, to_string(t.dtype)));
+    throw Error(ErrorCode::kUnsupported,
+                fmt::format("safetensors: tensor '{}' has dtype {} (supported: F32, F16, BF16)", t.name,
+                            to_string(t.dtype)));
   }
   return *e;
 }
@@ -79,21 +85,25 @@ TensorInfo tensor_info(const std::string& name, const json& v, std::uint64_t dat
   const auto dt = v.find("dtype");
   if (dt == v.end() || !dt->is_string()) fail(fmt::format("tensor '{}' has no dtype string", name));
   const auto& ds = dt->get_ref<const std::string&>();
-  const auto* hit = std::find_if(std::begin(kDtypes), std::end(kDtypes), [&](const auto& p) { return p.first == ds; });
+  const auto* hit =
+      std::find_if(std::begin(kDtypes), std::end(kDtypes), [&](const auto& p) { return p.first == ds; });
   if (hit == std::end(kDtypes)) {
-    throw Error(ErrorCode::kUnsupported, fmt::format("safetensors: tensor '{}' has unknown dtype '{}'", name, ds));
+    throw Error(ErrorCode::kUnsupported,
+                fmt::format("safetensors: tensor '{}' has unknown dtype '{}'", name, ds));
   }
   t.dtype = hit->second;
 
   const auto sh = v.find("shape");
   if (sh == v.end() || !sh->is_array()) fail(fmt::format("tensor '{}' has no shape array", name));
-  if (sh->size() > kMaxRank) fail(fmt::format("tensor '{}' has rank {} (at most {})", name, sh->size(), kMaxRank));
+  if (sh->size() > kMaxRank)
+    fail(fmt::format("tensor '{}' has rank {} (at most {})", name, sh->size(), kMaxRank));
   std::uint64_t n = 1;
   bool overflow = false;
   for (const json& d : *sh) {
     const std::uint64_t x = unsigned_of(d, fmt::format("shape entry of tensor '{}'", name));
     if (x > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) overflow = true;
-    if (x != 0 && n > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) / x) overflow = true;
+    if (x != 0 && n > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) / x)
+      overflow = true;
     n *= x;
     t.shape.push_back(static_cast<std::int64_t>(x));
   }
@@ -109,14 +119,15 @@ TensorInfo tensor_info(const std::string& name, const json& v, std::uint64_t dat
   }
   t.begin = unsigned_of((*off)[0], fmt::format("data_offsets of tensor '{}'", name));
   t.end = unsigned_of((*off)[1], fmt::format("data_offsets of tensor '{}'", name));
-  if (t.end < t.begin) fail(fmt::format("tensor '{}' data_offsets [{}, {}) are reversed", name, t.begin, t.end));
+  if (t.end < t.begin)
+    fail(fmt::format("tensor '{}' data_offsets [{}, {}) are reversed", name, t.begin, t.end));
   if (t.end > data_size) {
-    fail(fmt::format("tensor '{}' data_offsets [{}, {}) past end of data section ({} bytes)", name, t.begin, t.end,
-                     data_size));
+    fail(fmt::format("tensor '{}' data_offsets [{}, {}) past end of data section ({} bytes)", name, t.begin,
+                     t.end, data_size));
   }
   if (t.end - t.begin != n * esize) {
-    fail(fmt::format("tensor '{}' data_offsets [{}, {}) hold {} bytes but {} {} needs {}", name, t.begin, t.end,
-                     t.end - t.begin, to_string(t.dtype), sh->dump(), n * esize));
+    fail(fmt::format("tensor '{}' data_offsets [{}, {}) hold {} bytes but {} {} needs {}", name, t.begin,
+                     t.end, t.end - t.begin, to_string(t.dtype), sh->dump(), n * esize));
   }
   return t;
 }
@@ -131,9 +142,11 @@ const json* field(const json& j, const char* key) {
 std::optional<int> int_field(const json& j, const char* key) {
   const json* v = field(j, key);
   if (v == nullptr) return std::nullopt;
-  if (!v->is_number_integer()) fail(fmt::format("config.json: '{}' must be an integer, got {}", key, v->dump()));
+  if (!v->is_number_integer())
+    fail(fmt::format("config.json: '{}' must be an integer, got {}", key, v->dump()));
   // is_number_integer covers unsigned too; compare as signed only when it fits.
-  if (v->is_number_unsigned() && v->get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<int>::max())) {
+  if (v->is_number_unsigned() &&
+      v->get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<int>::max())) {
     fail(fmt::format("config.json: '{}' = {} out of range", key, v->dump()));
   }
   const auto x = v->get<std::int64_t>();
@@ -179,7 +192,8 @@ std::int32_t token_id(const json& j, const char* key) {
     if (v->empty()) return -1;
     x = &(*v)[0];
   }
-  if (!x->is_number_integer()) fail(fmt::format("config.json: '{}' must be an integer or list, got {}", key, v->dump()));
+  if (!x->is_number_integer())
+    fail(fmt::format("config.json: '{}' must be an integer or list, got {}", key, v->dump()));
   const auto id = x->get<std::int64_t>();
   if (x->is_number_unsigned() || id < -1 || id > std::numeric_limits<std::int32_t>::max()) {
     if (!(x->is_number_unsigned() && x->get<std::uint64_t>() <= std::numeric_limits<std::int32_t>::max())) {
@@ -204,17 +218,21 @@ std::size_t dtype_size(Dtype dtype) noexcept {
     case Dtype::kU8:
     case Dtype::kI8:
     case Dtype::kF8_E5M2:
-    case Dtype::kF8_E4M3: return 1;
+    case Dtype::kF8_E4M3:
+      return 1;
     case Dtype::kI16:
     case Dtype::kU16:
     case Dtype::kF16:
-    case Dtype::kBF16: return 2;
+    case Dtype::kBF16:
+      return 2;
     case Dtype::kI32:
     case Dtype::kU32:
-    case Dtype::kF32: return 4;
+    case Dtype::kF32:
+      return 4;
     case Dtype::kF64:
     case Dtype::kI64:
-    case Dtype::kU64: return 8;
+    case Dtype::kU64:
+      return 8;
   }
   return 1;
 }
@@ -228,10 +246,13 @@ const TensorInfo* Header::find(std::string_view name) const {
 Header parse(std::span<const std::byte> bytes) {
   Header h;
   h.file_size = bytes.size();
-  if (bytes.size() < 8) fail(fmt::format("file of {} bytes is too short for the 8-byte header length", bytes.size()));
+  if (bytes.size() < 8)
+    fail(fmt::format("file of {} bytes is too short for the 8-byte header length", bytes.size()));
   std::uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | std::to_integer<std::uint64_t>(bytes[static_cast<std::size_t>(i)]);
-  if (n > kMaxHeaderBytes) fail(fmt::format("header length {} exceeds the {}-byte limit", n, kMaxHeaderBytes));
+  for (int i = 7; i >= 0; --i)
+    n = (n << 8) | std::to_integer<std::uint64_t>(bytes[static_cast<std::size_t>(i)]);
+  if (n > kMaxHeaderBytes)
+    fail(fmt::format("header length {} exceeds the {}-byte limit", n, kMaxHeaderBytes));
   if (n > bytes.size() - 8) {
     fail(fmt::format("header length {} runs past the end of the file (size {})", n, bytes.size()));
   }
@@ -253,7 +274,8 @@ Header parse(std::span<const std::byte> bytes) {
     h.tensors.push_back(tensor_info(key, v, data_size));
   }
   // nlohmann keeps object keys sorted, but do not rely on the container choice.
-  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
+  std::sort(h.tensors.begin(), h.tensors.end(),
+            [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
   std::vector<const TensorInfo*> by_offset;
   for (const TensorInfo& t : h.tensors) {
     if (t.end > t.begin) by_offset.push_back(&t);
@@ -268,14 +290,17 @@ Header parse(std::span<const std::byte> bytes) {
   return h;
 }
 
-std::span<const std::byte> tensor_data(const Header& header, std::span<const std::byte> bytes, const TensorInfo& t) {
+std::span<const std::byte> tensor_data(const Header& header, std::span<const std::byte> bytes,
+                                       const TensorInfo& t) {
   if (bytes.size() != header.file_size) {
-    throw Error(ErrorCode::kInvalidArgument, "safetensors: tensor_data called with bytes other than the parsed image");
+    throw Error(ErrorCode::kInvalidArgument,
+                "safetensors: tensor_data called with bytes other than the parsed image");
   }
   if (header.data_offset > bytes.size() || t.begin > t.end || t.end > bytes.size() - header.data_offset) {
     fail(fmt::format("tensor '{}' data lies outside the file (size {})", t.name, bytes.size()));
   }
-  return bytes.subspan(static_cast<std::size_t>(header.data_offset + t.begin), static_cast<std::size_t>(t.end - t.begin));
+  return bytes.subspan(static_cast<std::size_t>(header.data_offset + t.begin),
+                       static_cast<std::size_t>(t.end - t.begin));
 }
 
 std::vector<float> to_float(const Header& header, std::span<const std::byte> bytes, const TensorInfo& t) {
@@ -293,8 +318,8 @@ ModelConfig config_from_json(std::string_view json_text) {
 
   std::string model_type = str_field(j, "model_type").value_or("");
   if (model_type.empty()) {
-    if (const json* archs = field(j, "architectures"); archs && archs->is_array() && !archs->empty() &&
-                                                        (*archs)[0].is_string()) {
+    if (const json* archs = field(j, "architectures");
+        archs && archs->is_array() && !archs->empty() && (*archs)[0].is_string()) {
       const auto a = (*archs)[0].get<std::string>();
       model_type = a == "LlamaForCausalLM"     ? "llama"
                    : a == "MistralForCausalLM" ? "mistral"
@@ -303,14 +328,16 @@ ModelConfig config_from_json(std::string_view json_text) {
     }
   }
   if (model_type != "llama" && model_type != "mistral" && model_type != "qwen2") {
-    throw Error(ErrorCode::kUnsupported,
-                fmt::format("safetensors: model type '{}' is not supported (llama, mistral, qwen2)", model_type));
+    throw Error(
+        ErrorCode::kUnsupported,
+        fmt::format("safetensors: model type '{}' is not supported (llama, mistral, qwen2)", model_type));
   }
   c.architecture = model_type;
   c.name = str_field(j, "_name_or_path").value_or("");
   for (const char* key : {"hidden_act", "hidden_activation"}) {
     if (const auto act = str_field(j, key); act && *act != "silu") {
-      throw Error(ErrorCode::kUnsupported, fmt::format("safetensors: activation '{}' is not supported (silu)", *act));
+      throw Error(ErrorCode::kUnsupported,
+                  fmt::format("safetensors: activation '{}' is not supported (silu)", *act));
     }
   }
   for (const char* key : {"attention_bias", "mlp_bias"}) {
@@ -366,7 +393,8 @@ ModelConfig config_from_json(std::string_view json_text) {
       s.high_freq_factor = static_cast<float>(need("high_freq_factor"));
       s.original_max_position = required_int(*rope, "original_max_position_embeddings");
     } else if (type && *type != "default") {
-      throw Error(ErrorCode::kUnsupported, fmt::format("safetensors: RoPE scaling type '{}' is not supported", *type));
+      throw Error(ErrorCode::kUnsupported,
+                  fmt::format("safetensors: RoPE scaling type '{}' is not supported", *type));
     }
   }
   c.tied_embeddings = bool_field(j, "tie_word_embeddings", false);
@@ -385,12 +413,14 @@ ModelWeights weights_from_shards(const ModelConfig& config, std::span<const Shar
   std::unordered_map<std::string_view, Where> index;
   for (const Shard& s : shards) {
     if (s.bytes.size() != s.header.file_size) {
-      throw Error(ErrorCode::kInvalidArgument, fmt::format("safetensors: shard '{}' bytes do not match its header", s.name));
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("safetensors: shard '{}' bytes do not match its header", s.name));
     }
     for (const TensorInfo& t : s.header.tensors) {
       const auto [it, fresh] = index.emplace(t.name, Where{&s, &t});
       if (!fresh) {
-        fail(fmt::format("tensor '{}' appears in both '{}' and '{}'", t.name, it->second.shard->name, s.name));
+        fail(
+            fmt::format("tensor '{}' appears in both '{}' and '{}'", t.name, it->second.shard->name, s.name));
       }
     }
   }
@@ -413,8 +443,12 @@ ModelWeights weights_from_shards(const ModelConfig& config, std::span<const Shar
     check_shape(w, {rows, cols});
     Matrix m(rows, cols);
     // Decoded at the end, all in one parallel region; the buffer survives moves of m.
-    jobs.push_back({require_elem_type(*w.info), tensor_data(w.shard->header, w.shard->bytes, *w.info), rows, cols,
-                    m.data, {}});
+    jobs.push_back({require_elem_type(*w.info),
+                    tensor_data(w.shard->header, w.shard->bytes, *w.info),
+                    rows,
+                    cols,
+                    m.data,
+                    {}});
     return m;
   };
   const auto vec = [&](const std::string& name, std::int64_t n) {

@@ -15,10 +15,16 @@ namespace gguf = chunkwise::gguf;
 void touch(const gguf::Value& v) {
   try {
     switch (v.type()) {
-      case gguf::ValueType::kString: (void)v.as_string(); break;
-      case gguf::ValueType::kBool: (void)v.as_bool(); break;
+      case gguf::ValueType::kString:
+        (void)v.as_string();
+        break;
+      case gguf::ValueType::kBool:
+        (void)v.as_bool();
+        break;
       case gguf::ValueType::kFloat32:
-      case gguf::ValueType::kFloat64: (void)v.as_float(); break;
+      case gguf::ValueType::kFloat64:
+        (void)v.as_float();
+        break;
       case gguf::ValueType::kArray: {
         const gguf::Array& a = v.as_array();
         if (a.size() > 0) {
@@ -31,7 +37,9 @@ void touch(const gguf::Value& v) {
         }
         break;
       }
-      default: (void)v.as_int(); break;
+      default:
+        (void)v.as_int();
+        break;
     }
   } catch (const chunkwise::Error&) {
   }

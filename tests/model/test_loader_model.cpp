@@ -53,11 +53,11 @@ const Loaded* loaded() {
 
 }  // namespace
 
-#define LOADER_REQUIRE_MODEL(var)                                             \
-  const Loaded* var = loaded();                                               \
-  if (var == nullptr) {                                                       \
-    WARN("skipped: default model not found at " << model_path().string());   \
-    return;                                                                   \
+#define LOADER_REQUIRE_MODEL(var)                                          \
+  const Loaded* var = loaded();                                            \
+  if (var == nullptr) {                                                    \
+    WARN("skipped: default model not found at " << model_path().string()); \
+    return;                                                                \
   }
 
 TEST_CASE("loader: default model config and tokenizer metadata", "[loader][model]") {

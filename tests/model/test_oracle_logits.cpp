@@ -46,7 +46,7 @@ TEST_CASE("logits equal transformers on the golden prompts", "[oracle]") {
   bool long_prompt = false;
   REQUIRE(manifest.at("prompts").size() >= 5);
   for (const json& entry : manifest.at("prompts")) {
-    const json g = read_json(kGolden / entry.at("file").get<std::string>());
+    const json g = read_json(kGolden / entry.at("json").get<std::string>());
     const std::string name = g.at("name").get<std::string>();
     INFO("prompt " << name);
     const auto tokens = g.at("tokens").get<std::vector<chunkwise::TokenId>>();
@@ -94,7 +94,7 @@ TEST_CASE("greedy continuations of 64 tokens equal transformers", "[oracle]") {
   chunkwise::InferenceSession<> session(model);
   std::map<chunkwise::RequestId, std::vector<chunkwise::TokenId>> expected;
   for (const json& entry : manifest.at("prompts")) {
-    const json g = read_json(kGolden / entry.at("file").get<std::string>());
+    const json g = read_json(kGolden / entry.at("json").get<std::string>());
     chunkwise::Request r;
     r.label = g.at("name").get<std::string>();
     r.prompt_tokens = g.at("tokens").get<std::vector<chunkwise::TokenId>>();

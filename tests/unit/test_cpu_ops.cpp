@@ -489,3 +489,35 @@ TEST_CASE("paged_attention rows are bitwise independent of the batch they run in
                                 out.end() - static_cast<std::ptrdiff_t>(row_floats));
   CHECK(ours == whole);
 }
+
+TEST_CASE("paged_attention lets a NaN in the cache poison exactly the rows that see it", "[cpu][attention]") {
+  std::mt19937 rng(31);
+  const int bs = 8, n_kv = 2, n_heads = 4, d = 64, len = 100, bad = 50;
+  const int kv_dim = n_kv * d;
+  auto kpool = random_vector(static_cast<std::size_t>(16 * bs * kv_dim), rng);
+  auto vpool = random_vector(kpool.size(), rng);
+  const cpu::PagedKv cache{kpool.data(), vpool.data(), bs, n_kv, d};
+  std::vector<std::int32_t> pages(13);
+  std::iota(pages.begin(), pages.end(), 2);
+  // Row bad of kv head 1: the K element x = 3.
+  kpool[static_cast<std::size_t>(pages[bad / bs] * cache.block_stride() + (bad % bs) * kv_dim + d + 3)] =
+      std::numeric_limits<float>::quiet_NaN();
+  // Sequence 0: prefill of all 100 positions (wide path); sequence 1: a decode at 99 (narrow path).
+  std::vector<std::int32_t> qs = {0, len, len + 1}, ps = {0, 13, 26}, kv = {len, len}, pos;
+  std::vector<std::int32_t> all_pages = pages;
+  all_pages.insert(all_pages.end(), pages.begin(), pages.end());
+  for (int p = 0; p < len; ++p) pos.push_back(p);
+  pos.push_back(len - 1);
+  const auto q = random_vector(static_cast<std::size_t>((len + 1) * n_heads * d), rng);
+  std::vector<float> out(q.size());
+  cpu::paged_attention(q.data(), cache, {qs, ps, all_pages, kv, pos}, n_heads, 0.125f, out.data());
+  for (int r = 0; r <= len; ++r) {
+    for (int h = 0; h < n_heads; ++h) {
+      const float* o = out.data() + (static_cast<std::ptrdiff_t>(r) * n_heads + h) * d;
+      const bool sees_nan = h / (n_heads / n_kv) == 1 && pos[static_cast<std::size_t>(r)] >= bad;
+      const bool any_nan = std::any_of(o, o + d, [](float x) { return std::isnan(x); });
+      INFO("row " << r << " head " << h);
+      CHECK(any_nan == sees_nan);
+    }
+  }
+}

@@ -111,8 +111,8 @@ TEST_CASE("dequant: plain float arrays", "[dequant]") {
 TEST_CASE("dequant: Q8_0 blocks", "[dequant]") {
   Bytes b;
   put16(b, 0x3800);  // d = 0.5
-  const std::int8_t q[32] = {-128, -1, 0, 1, 127, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
-                             13,   14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, -2};
+  const std::int8_t q[32] = {-128, -1, 0,  1,  127, 2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12,
+                             13,   14, 15, 16, 17,  18, 19, 20, 21, 22, 23, 24, 25, 26, 27, -2};
   for (std::int8_t x : q) b.push_back(static_cast<std::byte>(x));
   put16(b, 0xC000);  // second block, d = -2
   for (int j = 0; j < 32; ++j) b.push_back(static_cast<std::byte>(static_cast<std::int8_t>(j - 16)));
@@ -135,7 +135,7 @@ TEST_CASE("dequant: Q4_0 blocks, low nibbles first", "[dequant]") {
   REQUIRE(b.size() == 18);
   const auto v = decode(d::ElemType::kQ4_0, b, 32);
   for (int j = 0; j < 16; ++j) {
-    CHECK(v[static_cast<std::size_t>(j)] == static_cast<float>((j - 8) * 2));        // low nibble j
+    CHECK(v[static_cast<std::size_t>(j)] == static_cast<float>((j - 8) * 2));       // low nibble j
     CHECK(v[static_cast<std::size_t>(j + 16)] == static_cast<float>((7 - j) * 2));  // high nibble 15 - j
   }
   CHECK(v[0] == -16.0f);
@@ -168,7 +168,8 @@ TEST_CASE("dequant: sizes and row maps", "[dequant]") {
   CHECK(d::encoded_size(d::ElemType::kF16, 3) == 6);
   CHECK(d::encoded_size(d::ElemType::kBF16, 0) == 0);
   CHECK(error_of([] { (void)d::encoded_size(d::ElemType::kQ4_0, 33); }) == ErrorCode::kModelFormat);
-  CHECK(error_of([] { (void)d::encoded_size(d::ElemType::kF32, ~std::uint64_t{0}); }) == ErrorCode::kModelFormat);
+  CHECK(error_of([] { (void)d::encoded_size(d::ElemType::kF32, ~std::uint64_t{0}); }) ==
+        ErrorCode::kModelFormat);
   std::vector<float> out(4);
   CHECK(error_of([&] { d::dequantize(d::ElemType::kF32, Bytes(12), out); }) == ErrorCode::kModelFormat);
 

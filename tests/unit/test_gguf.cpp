@@ -1,6 +1,8 @@
 // GGUF reader and Llama mapping: round trips through a tiny in-test writer, the Q/K
 // un-permutation, files written by llama.cpp's own `gguf` package (tests/fuzz/corpus), and hostile
 // mutations that must all end in chunkwise::Error with the right code.
+#include <fmt/format.h>
+
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -12,8 +14,6 @@
 #include <vector>
 
 #include "../../src/model/detail/dequant.hpp"
-#include <fmt/format.h>
-
 #include "catch.hpp"
 #include "chunkwise/core/error.hpp"
 #include "chunkwise/model/gguf.hpp"
@@ -180,7 +180,7 @@ Bytes encode(std::uint32_t type, const std::vector<float>& v) {
     case kQ4_0:
     case kQ4_1:
       for (std::size_t i = 0; i < v.size(); i += 32) {
-        put<std::uint16_t>(b, 0x2C00);                   // d = 1/16
+        put<std::uint16_t>(b, 0x2C00);                     // d = 1/16
         if (type == kQ4_1) put<std::uint16_t>(b, 0xB800);  // m = -1/2
         for (std::size_t j = 0; j < 16; ++j) {
           // Q4_0: (q - 8) d; Q4_1: q d - 8/16. Either way q = k + 8. Low nibble = element j.
@@ -204,8 +204,12 @@ struct Tiny {
 };
 
 // Tensor ids in write order, matching pattern()'s first argument.
-int tid_embd() { return 1; }
-int tid_layer(int l, int k) { return 2 + l * 9 + k; }  // k: 0 attn_norm, 1 q, 2 k, 3 v, 4 o, 5 ffn_norm, 6 gate, 7 up, 8 down
+int tid_embd() {
+  return 1;
+}
+int tid_layer(int l, int k) {
+  return 2 + l * 9 + k;
+}  // k: 0 attn_norm, 1 q, 2 k, 3 v, 4 o, 5 ffn_norm, 6 gate, 7 up, 8 down
 
 Builder tiny_llama(const Tiny& s) {
   Builder b;
@@ -251,7 +255,8 @@ Builder tiny_llama(const Tiny& s) {
       }
       for (std::int64_t c = 0; c < cols; ++c) v[static_cast<std::size_t>(g * cols + c)] = pattern(tid, hf, c);
     }
-    b.tensor(name, {static_cast<std::uint64_t>(cols), static_cast<std::uint64_t>(rows)}, s.type, encode(s.type, v));
+    b.tensor(name, {static_cast<std::uint64_t>(cols), static_cast<std::uint64_t>(rows)}, s.type,
+             encode(s.type, v));
   };
   const auto vec = [&](const std::string& name, int tid, std::int64_t n) {
     std::vector<float> v(static_cast<std::size_t>(n));
@@ -277,7 +282,9 @@ Builder tiny_llama(const Tiny& s) {
   return b;
 }
 
-std::span<const std::byte> span(const Bytes& b) { return {b.data(), b.size()}; }
+std::span<const std::byte> span(const Bytes& b) {
+  return {b.data(), b.size()};
+}
 
 chunkwise::LoadedModel load(const Bytes& b) {
   const gguf::File f = gguf::parse(span(b));
@@ -342,7 +349,8 @@ Bytes read_file(const std::filesystem::path& p) {
   return b;
 }
 
-const std::filesystem::path kCorpus = std::filesystem::path(CHUNKWISE_TEST_DATA) / ".." / "fuzz" / "corpus" / "gguf";
+const std::filesystem::path kCorpus =
+    std::filesystem::path(CHUNKWISE_TEST_DATA) / ".." / "fuzz" / "corpus" / "gguf";
 
 }  // namespace
 
@@ -529,7 +537,8 @@ TEST_CASE("gguf: llama.cpp's Q/K row permutation is undone", "[gguf]") {
   CHECK(bad == 0);
   // Concretely for head 0 of dimension 8: HF rows 0..7 come from GGUF rows 0,2,4,6,1,3,5,7.
   const int order[] = {0, 2, 4, 6, 1, 3, 5, 7};
-  for (int r = 0; r < 8; ++r) CHECK(L.wq.row(r)[5] == raw_q[static_cast<std::size_t>(order[r] * s.hidden + 5)]);
+  for (int r = 0; r < 8; ++r)
+    CHECK(L.wq.row(r)[5] == raw_q[static_cast<std::size_t>(order[r] * s.hidden + 5)]);
   // V and the output projection are not permuted.
   CHECK(mismatches(L.wv, tid_layer(0, 3)) == 0);
 
@@ -550,11 +559,21 @@ TEST_CASE("gguf: llama.cpp's Q/K row permutation is undone", "[gguf]") {
 
 TEST_CASE("gguf: every supported tensor type decodes exactly", "[gguf]") {
   Tiny s;
-  SECTION("F16") { s.type = kF16; }
-  SECTION("BF16") { s.type = kBF16; }
-  SECTION("Q8_0") { s.type = kQ8_0; }
-  SECTION("Q4_0") { s.type = kQ4_0; }
-  SECTION("Q4_1") { s.type = kQ4_1; }
+  SECTION("F16") {
+    s.type = kF16;
+  }
+  SECTION("BF16") {
+    s.type = kBF16;
+  }
+  SECTION("Q8_0") {
+    s.type = kQ8_0;
+  }
+  SECTION("Q4_0") {
+    s.type = kQ4_0;
+  }
+  SECTION("Q4_1") {
+    s.type = kQ4_1;
+  }
   s.tied = false;
   const auto m = load(tiny_llama(s).build());
   CHECK_FALSE(m.config.tied_embeddings);
@@ -572,7 +591,8 @@ TEST_CASE("gguf: custom alignment, files on disk, load_model dispatch", "[gguf]"
   CHECK(f.data_offset % 64 == 0);
   for (const auto& t : f.tensors) CHECK(t.offset % 64 == 0);
 
-  const auto dir = std::filesystem::temp_directory_path() / fmt::format("chunkwise_gguf_{}", std::random_device{}());
+  const auto dir =
+      std::filesystem::temp_directory_path() / fmt::format("chunkwise_gguf_{}", std::random_device{}());
   std::filesystem::create_directories(dir);
   const auto path = dir / "tiny.gguf";
   {
@@ -591,9 +611,7 @@ TEST_CASE("gguf: custom alignment, files on disk, load_model dispatch", "[gguf]"
   CHECK(error_of([&] { (void)chunkwise::load_model(dir / "absent.gguf"); }) == ErrorCode::kIo);
   CHECK(error_of([&] { (void)chunkwise::load_gguf_model(dir); }) == ErrorCode::kIo);
   CHECK(error_of([&] { (void)chunkwise::load_gguf_model(dir / "absent.gguf"); }) == ErrorCode::kIo);
-  {
-    std::ofstream(dir / "empty.gguf").flush();
-  }
+  { std::ofstream(dir / "empty.gguf").flush(); }
   CHECK(error_of([&] { (void)chunkwise::load_gguf_model(dir / "empty.gguf"); }) == ErrorCode::kModelFormat);
   std::filesystem::remove_all(dir);
 }
@@ -818,6 +836,15 @@ TEST_CASE("gguf: hostile headers raise Error with the right code", "[gguf][hosti
     Builder h = b;
     h.tensor("partial", {16}, kQ4_0, Bytes(18));
     CHECK(parse_code(h.build()) == ErrorCode::kModelFormat);
+    Builder k = b;  // fuzzer finding: 2^62 elements fit int64 but 4 * 2^62 bytes wrap uint64
+    k.tensor("wrap", {std::uint64_t{1} << 62}, kF32, Bytes(4));
+    CHECK(parse_code(k.build()) == ErrorCode::kModelFormat);
+    CHECK(msg.find("overflows") != std::string::npos);
+    Builder z = b;  // fuzzer finding: an empty tensor must decode without touching null pointers
+    z.tensor("empty", {0, 3}, kF32, Bytes{});
+    const Bytes zb = z.build();
+    const gguf::File zf = gguf::parse(span(zb));
+    CHECK(gguf::to_float(zf, span(zb), *zf.find_tensor("empty")).empty());
   }
   SECTION("offsets past the end, misaligned, overlapping") {
     Builder c = b;
@@ -845,7 +872,8 @@ TEST_CASE("gguf: hostile headers raise Error with the right code", "[gguf][hosti
     d.tensor("q6k", {256}, 14, Bytes(210));  // Q6_K: parsed, bounds-checked, not dequantizable
     const Bytes db = d.build();
     const gguf::File f = gguf::parse(span(db));
-    CHECK(error_of([&] { (void)gguf::to_float(f, span(db), *f.find_tensor("q6k")); }) == ErrorCode::kUnsupported);
+    CHECK(error_of([&] { (void)gguf::to_float(f, span(db), *f.find_tensor("q6k")); }) ==
+          ErrorCode::kUnsupported);
     Builder e = b;
     e.find("blk.0.attn_v.weight")->type = 6;  // Q5_0, 22 bytes per 32 elements
     e.find("blk.0.attn_v.weight")->data = Bytes(16 * 22);
@@ -892,9 +920,9 @@ TEST_CASE("gguf: model mapping rejects inconsistent models", "[gguf][hostile]") 
     CHECK(msg.find("blk.0.attn_q.bias") != std::string::npos);
   }
   SECTION("missing and mistyped keys") {
-    for (const char* key : {"llama.block_count", "llama.embedding_length", "llama.feed_forward_length",
-                            "llama.attention.head_count", "llama.context_length",
-                            "llama.attention.layer_norm_rms_epsilon"}) {
+    for (const char* key :
+         {"llama.block_count", "llama.embedding_length", "llama.feed_forward_length",
+          "llama.attention.head_count", "llama.context_length", "llama.attention.layer_norm_rms_epsilon"}) {
       Builder b = base;
       b.erase_kv(key);
       CHECK(load_code(b) == ErrorCode::kModelFormat);
@@ -907,9 +935,15 @@ TEST_CASE("gguf: model mapping rejects inconsistent models", "[gguf][hostile]") 
   }
   SECTION("absurd or inconsistent numbers") {
     const std::pair<const char*, std::uint32_t> cases[] = {
-        {"llama.block_count", 1000000}, {"llama.block_count", 3},  {"llama.block_count", 0},
-        {"llama.attention.head_count", 0}, {"llama.attention.head_count", 3}, {"llama.attention.head_count_kv", 3},
-        {"llama.embedding_length", 0x7FFFFFFF}, {"llama.context_length", 0}, {"llama.vocab_size", 41},
+        {"llama.block_count", 1000000},
+        {"llama.block_count", 3},
+        {"llama.block_count", 0},
+        {"llama.attention.head_count", 0},
+        {"llama.attention.head_count", 3},
+        {"llama.attention.head_count_kv", 3},
+        {"llama.embedding_length", 0x7FFFFFFF},
+        {"llama.context_length", 0},
+        {"llama.vocab_size", 41},
         {"tokenizer.ggml.bos_token_id", 40},
     };
     for (const auto& [key, v] : cases) {

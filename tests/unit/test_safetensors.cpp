@@ -1,6 +1,9 @@
 // Safetensors header parsing, config.json mapping, Hugging Face weight names, folder layouts
 // (single file, index + shards, loose shards), files written by the `safetensors` package
 // (tests/fuzz/corpus), and hostile headers.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <bit>
 #include <cstring>
@@ -10,9 +13,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include "catch.hpp"
 #include "chunkwise/core/error.hpp"
@@ -58,7 +58,8 @@ Bytes encode(const std::string& dtype, const std::vector<float>& v) {
       std::memcpy(raw, &x, 4);
       b.insert(b.end(), raw, raw + 4);
     } else {
-      const std::uint16_t h = dtype == "F16" ? half_of(x) : static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(x) >> 16);
+      const std::uint16_t h =
+          dtype == "F16" ? half_of(x) : static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(x) >> 16);
       b.push_back(static_cast<std::byte>(h & 0xFF));
       b.push_back(static_cast<std::byte>(h >> 8));
     }
@@ -118,7 +119,9 @@ struct Tiny {
   bool lm_head = false;
 };
 
-int tid_layer(int l, int k) { return 2 + l * 9 + k; }
+int tid_layer(int l, int k) {
+  return 2 + l * 9 + k;
+}
 
 Writer tiny_weights(const Tiny& s) {
   Writer w;
@@ -199,7 +202,9 @@ void check_weights(const chunkwise::ModelWeights& w, const Tiny& s) {
   }
 }
 
-std::span<const std::byte> span(const Bytes& b) { return {b.data(), b.size()}; }
+std::span<const std::byte> span(const Bytes& b) {
+  return {b.data(), b.size()};
+}
 
 chunkwise::ModelWeights map(const Bytes& b, const chunkwise::ModelConfig& c) {
   const st::Shard shard{"memory", st::parse(span(b)), span(b)};
@@ -312,7 +317,9 @@ TEST_CASE("safetensors: config.json of Llama-family models", "[safetensors]") {
   }
   SECTION("rejections") {
     std::string msg;
-    const auto code = [&](const std::string& j) { return error_of([&] { (void)st::config_from_json(j); }, &msg); };
+    const auto code = [&](const std::string& j) {
+      return error_of([&] { (void)st::config_from_json(j); }, &msg);
+    };
     CHECK(code("not json") == ErrorCode::kModelFormat);
     CHECK(code("[1,2]") == ErrorCode::kModelFormat);
     CHECK(code(std::string(100, '[') + std::string(100, ']')) == ErrorCode::kModelFormat);
@@ -351,8 +358,12 @@ TEST_CASE("safetensors: config.json of Llama-family models", "[safetensors]") {
 
 TEST_CASE("safetensors: Hugging Face weight names map onto ModelWeights", "[safetensors]") {
   Tiny s;
-  SECTION("F32") { s.dtype = "F32"; }
-  SECTION("F16") { s.dtype = "F16"; }
+  SECTION("F32") {
+    s.dtype = "F32";
+  }
+  SECTION("F16") {
+    s.dtype = "F16";
+  }
   SECTION("BF16, untied") {
     s.dtype = "BF16";
     s.lm_head = true;
@@ -420,8 +431,8 @@ TEST_CASE("safetensors: hostile headers raise Error", "[safetensors][hostile]") 
 
   CHECK(code(Bytes(7)) == ErrorCode::kModelFormat);
   SECTION("absurd or short header lengths") {
-    for (const std::uint64_t n : {std::uint64_t{1} << 40, ~std::uint64_t{0}, std::uint64_t{good.size()},
-                                  st::kMaxHeaderBytes + 8}) {
+    for (const std::uint64_t n :
+         {std::uint64_t{1} << 40, ~std::uint64_t{0}, std::uint64_t{good.size()}, st::kMaxHeaderBytes + 8}) {
       Bytes b = good;
       std::memcpy(b.data(), &n, 8);
       CHECK(code(b) == ErrorCode::kModelFormat);
@@ -439,7 +450,8 @@ TEST_CASE("safetensors: hostile headers raise Error", "[safetensors][hostile]") 
     CHECK(code_h(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}})") == ErrorCode::kModelFormat);
     CHECK(code_h(R"({"__metadata__":{"k":1}})") == ErrorCode::kModelFormat);
     CHECK(code_h(R"({"__metadata__":[]})") == ErrorCode::kModelFormat);
-    CHECK(code_h("{\"a\":" + std::string(5000, '[') + std::string(5000, ']') + "}") == ErrorCode::kModelFormat);
+    CHECK(code_h("{\"a\":" + std::string(5000, '[') + std::string(5000, ']') + "}") ==
+          ErrorCode::kModelFormat);
     CHECK(msg.find("nested") != std::string::npos);
   }
   SECTION("dtypes and shapes") {
@@ -460,7 +472,8 @@ TEST_CASE("safetensors: hostile headers raise Error", "[safetensors][hostile]") 
     w.tensors[0].offsets = std::pair<std::uint64_t, std::uint64_t>{0, 4};  // dtype * shape needs 512
     CHECK(code(w.build()) == ErrorCode::kModelFormat);
     CHECK(msg.find("needs") != std::string::npos);
-    w.tensors[0].offsets = std::pair<std::uint64_t, std::uint64_t>{~std::uint64_t{0} - 511, ~std::uint64_t{0}};
+    w.tensors[0].offsets =
+        std::pair<std::uint64_t, std::uint64_t>{~std::uint64_t{0} - 511, ~std::uint64_t{0}};
     CHECK(code(w.build()) == ErrorCode::kModelFormat);
     w.tensors[0].offsets = std::pair<std::uint64_t, std::uint64_t>{1 << 20, (1 << 20) + 512};
     CHECK(code(w.build()) == ErrorCode::kModelFormat);
@@ -534,11 +547,14 @@ TEST_CASE("safetensors: model folders", "[safetensors]") {
     std::string lie = map_json;
     lie.replace(lie.find("model-00002-of-00002"), 20, "model-00001-of-00002");
     write(dir.path / "model.safetensors.index.json", lie);
-    CHECK(error_of([&] { (void)chunkwise::load_safetensors_model(dir.path); }, &msg) == ErrorCode::kModelFormat);
+    CHECK(error_of([&] { (void)chunkwise::load_safetensors_model(dir.path); }, &msg) ==
+          ErrorCode::kModelFormat);
     std::string escape = map_json;
-    escape.replace(escape.find("model-00002-of-00002.safetensors"), 32, "../model-00002-of-00002.safetensors");
+    escape.replace(escape.find("model-00002-of-00002.safetensors"), 32,
+                   "../model-00002-of-00002.safetensors");
     write(dir.path / "model.safetensors.index.json", escape);
-    CHECK(error_of([&] { (void)chunkwise::load_safetensors_model(dir.path); }, &msg) == ErrorCode::kModelFormat);
+    CHECK(error_of([&] { (void)chunkwise::load_safetensors_model(dir.path); }, &msg) ==
+          ErrorCode::kModelFormat);
     write(dir.path / "model.safetensors.index.json", std::string("{\"weight_map\": 3}"));
     CHECK(error_of([&] { (void)chunkwise::load_safetensors_model(dir.path); }) == ErrorCode::kModelFormat);
     write(dir.path / "model.safetensors.index.json", std::string("{"));
@@ -552,7 +568,8 @@ TEST_CASE("safetensors: model folders", "[safetensors]") {
     check_weights(chunkwise::load_safetensors_model(dir.path).weights, s);
   }
   SECTION("missing pieces") {
-    CHECK(error_of([&] { (void)chunkwise::load_safetensors_model(dir.path); }) == ErrorCode::kIo);  // no shards
+    CHECK(error_of([&] { (void)chunkwise::load_safetensors_model(dir.path); }) ==
+          ErrorCode::kIo);  // no shards
     fs::remove(dir.path / "config.json");
     write(dir.path / "model.safetensors", w.build());
     CHECK(error_of([&] { (void)chunkwise::load_safetensors_model(dir.path); }) == ErrorCode::kIo);

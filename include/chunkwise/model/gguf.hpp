@@ -185,7 +185,8 @@ struct File {
 // Maps a Llama-family GGUF ("llama", "mistral", "qwen2") onto config, fp32 weights in Hugging Face
 // orientation (llama.cpp's Q/K row permutation undone) and tokenizer. This is load_gguf_model
 // without the file: the fuzzer calls it on arbitrary bytes.
-[[nodiscard]] LoadedModel to_model(const File& file, std::span<const std::byte> bytes, std::string source = {});
+[[nodiscard]] LoadedModel to_model(const File& file, std::span<const std::byte> bytes,
+                                   std::string source = {});
 
 // A GGUF file mapped into memory and parsed.
 class Reader {

@@ -22,7 +22,23 @@ namespace chunkwise::safetensors {
 inline constexpr std::uint64_t kMaxHeaderBytes = 100ull << 20;
 inline constexpr std::size_t kMaxRank = 8;
 
-enum class Dtype { kBool, kU8, kI8, kF8_E5M2, kF8_E4M3, kI16, kU16, kF16, kBF16, kI32, kU32, kF32, kF64, kI64, kU64 };
+enum class Dtype {
+  kBool,
+  kU8,
+  kI8,
+  kF8_E5M2,
+  kF8_E4M3,
+  kI16,
+  kU16,
+  kF16,
+  kBF16,
+  kI32,
+  kU32,
+  kF32,
+  kF64,
+  kI64,
+  kU64
+};
 [[nodiscard]] std::string_view to_string(Dtype dtype) noexcept;
 [[nodiscard]] std::size_t dtype_size(Dtype dtype) noexcept;
 
@@ -36,9 +52,9 @@ struct TensorInfo {
 };
 
 struct Header {
-  std::vector<TensorInfo> tensors;  // sorted by name
+  std::vector<TensorInfo> tensors;                            // sorted by name
   std::vector<std::pair<std::string, std::string>> metadata;  // "__metadata__"
-  std::uint64_t data_offset = 0;    // 8 + header length
+  std::uint64_t data_offset = 0;                              // 8 + header length
   std::uint64_t file_size = 0;
 
   [[nodiscard]] const TensorInfo* find(std::string_view name) const;

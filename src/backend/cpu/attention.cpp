@@ -90,7 +90,6 @@ constexpr int kLanes = 4;
 using VF = float __attribute__((vector_size(kLanes * sizeof(float))));
 using VI = std::int32_t __attribute__((vector_size(kLanes * sizeof(std::int32_t))));
 static_assert(kKeyChunk % kLanes == 0);
-constexpr int kKeyVecs = kKeyChunk / kLanes;
 
 inline VF load(const float* p) {
   VF v;
@@ -114,9 +113,9 @@ inline VF vmax(VF a, VF b) {
 
 // exp for the softmax, per lane: Cephes' expf polynomial (within 2 ulp of std::exp here), because
 // std::exp does not vectorise without -ffast-math. Inputs below -87 (weights under 1.7e-38) clamp
-// there; callers mask out what must be exactly zero.
+// there, callers mask out what must be exactly zero; NaN stays NaN.
 inline VF vexp(VF x) {
-  VF c = select(x > splat(-87.0f), x, splat(-87.0f));  // NaN and -inf go to -87 too
+  VF c = select(x > splat(-87.0f), x, splat(-87.0f));  // -inf (and NaN, restored below) go to -87
   c = select(c < splat(88.0f), c, splat(88.0f));
   // round(c * log2(e)) by truncating a positive number.
   const VI n = __builtin_convertvector(c * 1.44269504088896341f + 126.5f, VI) - 126;
@@ -130,7 +129,7 @@ inline VF vexp(VF x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  return y * reinterpret_cast<VF>((n + 127) << 23);
+  return select(x == x, y * reinterpret_cast<VF>((n + 127) << 23), x);
 }
 
 // Batch invariance: every score is acc = acc + q[x] * k[x] over x in order, every output element
@@ -189,29 +188,26 @@ void block_pv(const float* p, const float* v, int n_keys, int dp, float* o) {
 }
 
 // Online softmax step for one query vector over the first n_vecs * kLanes scores of a chunk, of
-// which the first `visible` are causal-visible: scores become weights relative to the new running
-// max (masked ones exactly 0) and the running sum and output row are rescaled.
+// which the first `visible` (> 0) are causal-visible: scores become weights relative to the new
+// running max (masked ones exactly 0; a NaN score stays NaN and poisons the row, as it should), and
+// the running sum and output row are rescaled.
 void softmax_step(float* s, int n_vecs, int visible, float& m, float& l, float* o, int dp) {
   const VF neg_inf = splat(-std::numeric_limits<float>::infinity());
   VI lane;
   for (int i = 0; i < kLanes; ++i) lane[i] = i;
   VF vmax_acc = neg_inf;
   for (int v = 0; v < n_vecs; ++v) {
-    const VI seen = lane + v * kLanes < visible;
-    const VF sv = select(seen, load(s + v * kLanes), neg_inf);
-    store(s + v * kLanes, sv);
-    vmax_acc = vmax(vmax_acc, sv);
+    vmax_acc = vmax(vmax_acc, select(lane + v * kLanes < visible, load(s + v * kLanes), neg_inf));
   }
   float chunk_max = vmax_acc[0];
   for (int i = 1; i < kLanes; ++i) chunk_max = std::max(chunk_max, vmax_acc[i]);
-  const float m_new = std::max(m, chunk_max);  // finite: visible > 0
+  const float m_new = std::max(m, chunk_max);
   // exp of the same polynomial as the weights; on the first chunk m = -inf and this is ~0
   // against empty accumulators.
   const float correction = vexp(splat(m - m_new))[0];
   VF sum = VF{};
   for (int v = 0; v < n_vecs; ++v) {
-    const VF sv = load(s + v * kLanes);
-    const VF pv = select(sv > neg_inf, vexp(sv - m_new), VF{});
+    const VF pv = select(lane + v * kLanes < visible, vexp(load(s + v * kLanes) - m_new), VF{});
     store(s + v * kLanes, pv);
     sum += pv;
   }
@@ -230,20 +226,26 @@ void softmax_step(float* s, int n_vecs, int visible, float& m, float& l, float* 
 // the query vectors along the lanes instead: s[j][lane] = q[lane] . k[j] for keys [0, n_keys)
 // (a multiple of 4) of the gathered rows kb[j][x]. Each K element is broadcast once, where the
 // wide kernel would transpose the chunk for only a few queries. Same per-score arithmetic.
-void narrow_scores(const float* qt, int d, const float* kb, int n_keys, float* s) {
+void narrow_scores(const float* qt, int d, const float* const* keys, int n_keys, float* s) {
   for (int j0 = 0; j0 < n_keys; j0 += 4) {
-    const float* k0 = kb + static_cast<std::ptrdiff_t>(j0) * d;
+    const float* k0 = keys[j0];
+    const float* k1 = keys[j0 + 1];
+    const float* k2 = keys[j0 + 2];
+    const float* k3 = keys[j0 + 3];
     VF acc[4] = {};
     for (int x = 0; x < d; ++x) {
       const VF qv = load(qt + x * kLanes);
-      for (int jj = 0; jj < 4; ++jj) acc[jj] += qv * splat(k0[jj * d + x]);
+      acc[0] += qv * splat(k0[x]);
+      acc[1] += qv * splat(k1[x]);
+      acc[2] += qv * splat(k2[x]);
+      acc[3] += qv * splat(k3[x]);
     }
     for (int jj = 0; jj < 4; ++jj) store(s + (j0 + jj) * kLanes, acc[jj]);
   }
 }
 
-// o[x][lane] += sum_j p[j][lane] * v[j][x] for keys [0, n_keys) in order (v rows of stride dp).
-void narrow_pv(const float* p, const float* v, int n_keys, int d, int dp, float* o) {
+// o[x][lane] += sum_j p[j][lane] * v[j][x] for keys [0, n_keys) in order.
+void narrow_pv(const float* p, const float* const* values, int n_keys, int d, float* o) {
   constexpr int kXBlock = 8;
   int x0 = 0;
   for (; x0 + kXBlock <= d; x0 += kXBlock) {
@@ -251,37 +253,33 @@ void narrow_pv(const float* p, const float* v, int n_keys, int d, int dp, float*
     for (int xx = 0; xx < kXBlock; ++xx) acc[xx] = load(o + (x0 + xx) * kLanes);
     for (int j = 0; j < n_keys; ++j) {
       const VF pj = load(p + j * kLanes);
-      const float* vj = v + static_cast<std::ptrdiff_t>(j) * dp + x0;
+      const float* vj = values[j] + x0;
       for (int xx = 0; xx < kXBlock; ++xx) acc[xx] += pj * splat(vj[xx]);
     }
     for (int xx = 0; xx < kXBlock; ++xx) store(o + (x0 + xx) * kLanes, acc[xx]);
   }
   for (; x0 < d; ++x0) {
     VF acc = load(o + x0 * kLanes);
-    for (int j = 0; j < n_keys; ++j)
-      acc += load(p + j * kLanes) * splat(v[static_cast<std::ptrdiff_t>(j) * dp + x0]);
+    for (int j = 0; j < n_keys; ++j) acc += load(p + j * kLanes) * splat(values[j][x0]);
     store(o + x0 * kLanes, acc);
   }
 }
 
 // Online softmax step of a narrow tile, all its vectors at once: the same operations per vector
-// as softmax_step, including the order of the sum (lane classes j % kLanes, then across them).
+// as softmax_step, including the order of the sum (lane classes j % kLanes, then across them). A
+// vector that sees no key of this chunk (c0 > its position) is left exactly as it was.
 void narrow_softmax_step(float* s, int n_keys, int c0, VI pos, VF& m, VF& l, float* o, int d) {
   const VF neg_inf = splat(-std::numeric_limits<float>::infinity());
   VF chunk_max = neg_inf;
   for (int j = 0; j < n_keys; ++j) {
-    const VI visible = (c0 + j) + VI{} <= pos;
-    const VF sj = select(visible, load(s + j * kLanes), neg_inf);
-    store(s + j * kLanes, sj);
-    chunk_max = vmax(chunk_max, sj);
+    chunk_max = vmax(chunk_max, select((c0 + j) + VI{} <= pos, load(s + j * kLanes), neg_inf));
   }
   const VF m_new = vmax(m, chunk_max);
-  const VI seen = m_new > neg_inf;      // false while a vector has seen no key at all
-  const VI here = chunk_max > neg_inf;  // the vector sees some key of this chunk
+  const VI here = c0 + VI{} <= pos;
   const VF correction = select(here, vexp(m - m_new), splat(1.0f));
   for (int j = 0; j < n_keys; ++j) {
-    const VF sj = load(s + j * kLanes);
-    store(s + j * kLanes, select(sj > neg_inf, vexp(sj - m_new), VF{}));
+    const VF pj = select((c0 + j) + VI{} <= pos, vexp(load(s + j * kLanes) - m_new), VF{});
+    store(s + j * kLanes, pj);
   }
   VF total = VF{};
   for (int lane = 0; lane < kLanes; ++lane) {
@@ -290,21 +288,24 @@ void narrow_softmax_step(float* s, int n_keys, int c0, VI pos, VF& m, VF& l, flo
     total += part;
   }
   l = select(here, l * correction + total, l);
-  m = m_new;
+  m = select(here, m_new, m);
   for (int x = 0; x < d; ++x) store(o + x * kLanes, load(o + x * kLanes) * correction);
 }
 
 // Per-thread scratch, sized once per call.
 struct Scratch {
-  std::vector<float> q, o, s, kt, kb, v, m, l;
+  std::vector<float> q, o, s, kt, v, m, l, zero;
   std::vector<std::int32_t> pos;
+  std::vector<const float*> keys, values;
   Scratch(int max_vectors, int head_dim, int padded_dim) {
     const auto n = static_cast<std::size_t>(std::max(max_vectors, kLanes));
     q.resize(n * static_cast<std::size_t>(head_dim));
     o.resize(n * static_cast<std::size_t>(padded_dim));
     s.resize(n * kKeyChunk);
     kt.resize(static_cast<std::size_t>(head_dim) * kKeyChunk);
-    kb.resize(static_cast<std::size_t>(head_dim) * kKeyChunk);
+    zero.assign(static_cast<std::size_t>(head_dim), 0.0f);
+    keys.resize(kKeyChunk);
+    values.resize(kKeyChunk);
     v.assign(static_cast<std::size_t>(padded_dim) * kKeyChunk, 0.0f);
     m.resize(n);
     l.resize(n);
@@ -421,9 +422,9 @@ void attend_wide(const PagedKv& cache, const WorkItem& item, const Tile& t, Scra
   }
 }
 
-// At most kLanes query vectors (decode): one vector per lane, K and V gathered as rows.
+// At most kLanes query vectors (decode): one vector per lane, K and V rows read in place.
 void attend_narrow(const PagedKv& cache, const WorkItem& item, const Tile& t, Scratch& w, float* out) {
-  const int d = t.d, dp = t.dp, n_vec = t.n_vec;
+  const int d = t.d, n_vec = t.n_vec;
   // Transposed queries qt[x][lane]; unused lanes are zero at position -1 (they see no key).
   float* qt = w.kt.data();  // the wide path's buffer, free here
   std::fill(qt, qt + static_cast<std::ptrdiff_t>(d) * kLanes, 0.0f);
@@ -443,22 +444,28 @@ void attend_narrow(const PagedKv& cache, const WorkItem& item, const Tile& t, Sc
     const int visible = std::min(item.kv_end - c0, std::min(kKeyChunk, max_pos - c0 + 1));
     if (visible <= 0) break;
     const int n_keys = (visible + 3) / 4 * 4;
+    // K and V rows are read in place; keys past `visible` up to the multiple of 4 read a zero row.
     for (int j = 0; j < n_keys; ++j) {
-      float* kdst = w.kb.data() + static_cast<std::ptrdiff_t>(j) * d;
-      float* vdst = w.v.data() + static_cast<std::ptrdiff_t>(j) * dp;
-      if (j < visible) {
-        std::memcpy(kdst, t.row(cache, item.kv_head, c0 + j, cache.k),
-                    static_cast<std::size_t>(d) * sizeof(float));
-        std::memcpy(vdst, t.row(cache, item.kv_head, c0 + j, cache.v),
-                    static_cast<std::size_t>(d) * sizeof(float));
-      } else {
-        std::fill(kdst, kdst + d, 0.0f);
-        std::fill(vdst, vdst + d, 0.0f);
+      const bool real = j < visible;
+      w.keys[static_cast<std::size_t>(j)] =
+          real ? t.row(cache, item.kv_head, c0 + j, cache.k) : w.zero.data();
+      w.values[static_cast<std::size_t>(j)] =
+          real ? t.row(cache, item.kv_head, c0 + j, cache.v) : w.zero.data();
+    }
+    // Decode is bound by these scattered loads: start fetching the next chunk's rows so they
+    // arrive while this one computes.
+    const int next_end = std::min(item.kv_end, std::min(c0 + 2 * kKeyChunk, max_pos + 1));
+    for (int tk = c0 + kKeyChunk; tk < next_end; ++tk) {
+      const float* kr = t.row(cache, item.kv_head, tk, cache.k);
+      const float* vr = t.row(cache, item.kv_head, tk, cache.v);
+      for (int x = 0; x < d; x += 64 / static_cast<int>(sizeof(float))) {
+        __builtin_prefetch(kr + x);
+        __builtin_prefetch(vr + x);
       }
     }
-    narrow_scores(qt, d, w.kb.data(), n_keys, w.s.data());
+    narrow_scores(qt, d, w.keys.data(), n_keys, w.s.data());
     narrow_softmax_step(w.s.data(), n_keys, c0, pos, m, l, o, d);
-    narrow_pv(w.s.data(), w.v.data(), n_keys, d, dp, o);
+    narrow_pv(w.s.data(), w.values.data(), n_keys, d, o);
   }
 
   for (int i = 0; i < n_vec; ++i) {
