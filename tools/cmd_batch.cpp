@@ -62,7 +62,9 @@ int cmd_batch(const std::vector<std::string>& argv) {
   config.max_batch_tokens = static_cast<int>(args.integer("max-batch-tokens", config.max_batch_tokens));
   config.max_sequences = static_cast<int>(args.integer("max-seqs", config.max_sequences));
   const auto start = std::chrono::steady_clock::now();
-  config.clock = [start] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  config.clock = [start] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
   InferenceSession<> session(model, config);
 
   // Submit in arrival order; the workload's own order is kept for the results file.
@@ -118,8 +120,11 @@ int cmd_batch(const std::vector<std::string>& argv) {
     json line{{"id", id}};
     if (!o.done) {
       ++errors;
-      line.update(json{{"output_tokens", json::array()}, {"output_text", ""}, {"ttft_s", nullptr},
-                       {"finish_reason", "error"}, {"error", o.error}});
+      line.update(json{{"output_tokens", json::array()},
+                       {"output_text", ""},
+                       {"ttft_s", nullptr},
+                       {"finish_reason", "error"},
+                       {"error", o.error}});
     } else {
       const FinishedRequest& f = *o.done;
       const double first = f.timings.first_token_s - arrival.at(id);
@@ -141,7 +146,8 @@ int cmd_batch(const std::vector<std::string>& argv) {
   }
 
   const SessionMetrics& m = session.metrics();
-  const double prefill_tps = m.prefill_s > 0 ? static_cast<double>(m.prompt_tokens_computed + m.recomputed_tokens) / m.prefill_s : 0;
+  const double prefill_tps =
+      m.prefill_s > 0 ? static_cast<double>(m.prompt_tokens_computed + m.recomputed_tokens) / m.prefill_s : 0;
   const double decode_tps = m.decode_s > 0 ? static_cast<double>(m.decode_tokens) / m.decode_s : 0;
   const json stats{
       {"requests", items.size()},
@@ -158,9 +164,13 @@ int cmd_batch(const std::vector<std::string>& argv) {
       {"peak_kv_blocks", m.kv_blocks_peak},
       {"steps", m.steps},
       {"preemptions", m.preemptions},
-      {"kv", {{"block_size", config.block_size}, {"total_blocks", m.kv_blocks_total},
-              {"peak_blocks", m.kv_blocks_peak}, {"prefix_hit_tokens", 0}}},
-      {"policies", {{"batching", "continuous"}, {"eviction", "lru"}, {"sparse", "dense"}, {"reuse", "prefix-only"}}},
+      {"kv",
+       {{"block_size", config.block_size},
+        {"total_blocks", m.kv_blocks_total},
+        {"peak_blocks", m.kv_blocks_peak},
+        {"prefix_hit_tokens", 0}}},
+      {"policies",
+       {{"batching", "continuous"}, {"eviction", "lru"}, {"sparse", "dense"}, {"reuse", "prefix-only"}}},
       {"model", model->source()},
       {"device", "cpu"}};
   if (auto path = args.get("stats-json")) {
@@ -177,18 +187,22 @@ int cmd_batch(const std::vector<std::string>& argv) {
     if (!o.done) continue;
     std::string prompt = item.request.prompt_text;
     if (prompt.size() > 160) prompt = "..." + prompt.substr(prompt.size() - 157);
-    std::printf("--- %s\n> %s\n%s\n\n", item.request.label.c_str(), prompt.c_str(), o.done->output_text.c_str());
+    std::printf("--- %s\n> %s\n%s\n\n", item.request.label.c_str(), prompt.c_str(),
+                o.done->output_text.c_str());
     ++shown;
   }
-  std::printf("%-28s %lld (%lld failed)\n", "requests", static_cast<long long>(items.size()), static_cast<long long>(errors));
+  std::printf("%-28s %lld (%lld failed)\n", "requests", static_cast<long long>(items.size()),
+              static_cast<long long>(errors));
   std::printf("%-28s %lld\n", "prompt tokens", static_cast<long long>(prompt_tokens));
   std::printf("%-28s %lld\n", "prompt tokens computed", static_cast<long long>(computed));
   std::printf("%-28s %lld\n", "generated tokens", static_cast<long long>(output_tokens));
   std::printf("%-28s %.2f s\n", "wall time", wall);
   std::printf("%-28s %.1f tok/s\n", "prefill throughput", prefill_tps);
   std::printf("%-28s %.1f tok/s\n", "decode throughput", decode_tps);
-  std::printf("%-28s p50 %.3f s   p99 %.3f s\n", "time to first token", percentile(ttft, 50), percentile(ttft, 99));
-  std::printf("%-28s p50 %.4f s  p99 %.4f s\n", "time between tokens", percentile(tbt, 50), percentile(tbt, 99));
+  std::printf("%-28s p50 %.3f s   p99 %.3f s\n", "time to first token", percentile(ttft, 50),
+              percentile(ttft, 99));
+  std::printf("%-28s p50 %.4f s  p99 %.4f s\n", "time between tokens", percentile(tbt, 50),
+              percentile(tbt, 99));
   std::printf("%-28s %d of %d (block %d tokens)\n", "peak KV blocks", m.kv_blocks_peak, m.kv_blocks_total,
               config.block_size);
   return errors == 0 ? 0 : 3;

@@ -24,7 +24,8 @@ int cmd_logits(const std::vector<std::string>& argv) {
   }
   check(!ids.empty(), ErrorCode::kInvalidArgument, "--text encodes to no tokens");
   const int block_size = static_cast<int>(args.integer("block-size", 16));
-  check(block_size >= 1 && block_size <= 1024, ErrorCode::kInvalidArgument, "--block-size must be in [1, 1024]");
+  check(block_size >= 1 && block_size <= 1024, ErrorCode::kInvalidArgument,
+        "--block-size must be in [1, 1024]");
   const std::vector<float> logits = prompt_logits(model, ids, block_size);
   write_npy(out, logits, static_cast<std::int64_t>(ids.size()), model->config().vocab);
   std::printf("wrote %s: %zu tokens x %d vocab\n", out.c_str(), ids.size(), model->config().vocab);

@@ -48,9 +48,11 @@ std::shared_ptr<const Model> load_model_from_args(const Args& args) {
   const long long threads = args.integer("threads", 0);
   check(threads >= 0 && threads <= 1024, ErrorCode::kInvalidArgument, "--threads must be in [0, 1024]");
   cpu::set_num_threads(static_cast<int>(threads));
-  const std::filesystem::path path = args.get("model") ? std::filesystem::path(*args.get("model")) : default_model_path();
+  const std::filesystem::path path =
+      args.get("model") ? std::filesystem::path(*args.get("model")) : default_model_path();
   check(std::filesystem::exists(path), ErrorCode::kIo,
-        "model '" + path.string() + "' not found (run scripts/setup to fetch the default model, or pass --model)");
+        "model '" + path.string() +
+            "' not found (run scripts/setup to fetch the default model, or pass --model)");
   return Model::load(path);
 }
 
@@ -69,7 +71,8 @@ SessionConfig session_config_from_args(const Args& args) {
 
 int main(int argc, char** argv) {
   using namespace chunkwise::cli;
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
+      std::string(argv[1]) == "help") {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }

@@ -7,7 +7,8 @@
 
 namespace chunkwise::cli {
 
-void write_npy(const std::filesystem::path& file, std::span<const float> data, std::int64_t rows, std::int64_t cols) {
+void write_npy(const std::filesystem::path& file, std::span<const float> data, std::int64_t rows,
+               std::int64_t cols) {
   std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(rows) + ", " +
                        std::to_string(cols) + "), }";
   // Magic (6) + version (2) + length (2) + header + '\n' must be a multiple of 64.

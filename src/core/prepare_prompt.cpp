@@ -24,14 +24,17 @@ std::vector<TokenId> prepare_prompt(const Model& model, const Request& r, int kv
   }
   for (TokenId t : prompt)
     check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange,
-          "prompt token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) + ")");
+          "prompt token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) +
+              ")");
   for (TokenId t : r.stop_tokens)
     check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange,
-          "stop token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) + ")");
+          "stop token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) +
+              ")");
   const long long total = static_cast<long long>(prompt.size()) + r.max_new_tokens;
   check(total <= c.max_context, ErrorCode::kContextOverflow,
         "prompt of " + std::to_string(prompt.size()) + " tokens plus max_new_tokens " +
-            std::to_string(r.max_new_tokens) + " exceeds the model's context of " + std::to_string(c.max_context));
+            std::to_string(r.max_new_tokens) + " exceeds the model's context of " +
+            std::to_string(c.max_context));
   check(total <= kv_capacity_tokens, ErrorCode::kKvExhausted,
         "request needs KV for " + std::to_string(total) + " tokens but the whole pool holds " +
             std::to_string(kv_capacity_tokens));

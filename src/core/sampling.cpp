@@ -55,17 +55,25 @@ bool before(const Candidate& a, const Candidate& b) {
 }  // namespace
 
 void validate(const SamplingParams& params) {
-  check(std::isfinite(params.temperature) && params.temperature >= 0.0f, ErrorCode::kInvalidArgument,
-        "sampling: temperature must be finite and >= 0, got " + std::to_string(params.temperature));
-  check(params.top_k >= 0, ErrorCode::kInvalidArgument,
-        "sampling: top_k must be >= 0, got " + std::to_string(params.top_k));
-  check(params.top_p > 0.0f && params.top_p <= 1.0f, ErrorCode::kInvalidArgument,
-        "sampling: top_p must be in (0, 1], got " + std::to_string(params.top_p));
+  if (!(std::isfinite(params.temperature) && params.temperature >= 0.0f)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "sampling: temperature must be finite and >= 0, got " + std::to_string(params.temperature));
+  }
+  if (params.top_k < 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "sampling: top_k must be >= 0, got " + std::to_string(params.top_k));
+  }
+  if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "sampling: top_p must be in (0, 1], got " + std::to_string(params.top_p));
+  }
 }
 
 TokenId sample(const float* logits, int vocab, const SamplingParams& params, std::uint64_t step) {
   validate(params);
-  check(vocab > 0, ErrorCode::kInvalidArgument, "sampling: vocab must be > 0, got " + std::to_string(vocab));
+  if (vocab <= 0) {
+    throw Error(ErrorCode::kInvalidArgument, "sampling: vocab must be > 0, got " + std::to_string(vocab));
+  }
   if (params.temperature == 0.0f || params.top_k == 1) return argmax(logits, vocab);
 
   // Candidates in vocabulary order; NaN and -inf logits have zero probability.

@@ -7,7 +7,9 @@
 namespace chunkwise {
 
 void validate(const SessionConfig& c) {
-  auto need = [](bool ok, const std::string& what) { check(ok, ErrorCode::kInvalidArgument, "session config: " + what); };
+  auto need = [](bool ok, const std::string& what) {
+    check(ok, ErrorCode::kInvalidArgument, "session config: " + what);
+  };
   need(c.block_size >= 1 && c.block_size <= 1024, "block_size must be in [1, 1024]");
   need(c.kv_blocks >= 0, "kv_blocks must be >= 0");
   need(c.kv_blocks > 0 || c.kv_memory_mb > 0, "kv_memory_mb must be > 0 when kv_blocks is 0");

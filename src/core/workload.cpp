@@ -59,7 +59,8 @@ WorkloadItem parse_line(const std::string& line, const std::string& where) {
   check(j.is_object(), ErrorCode::kInvalidArgument, where + ": a line must be a JSON object");
   WorkloadItem item;
   Request& r = item.request;
-  check(j.contains("id") && j["id"].is_string(), ErrorCode::kInvalidArgument, where + ": 'id' (string) is required");
+  check(j.contains("id") && j["id"].is_string(), ErrorCode::kInvalidArgument,
+        where + ": 'id' (string) is required");
   r.label = j["id"].get<std::string>();
   const bool has_text = j.contains("prompt");
   const bool has_tokens = j.contains("prompt_tokens");
@@ -86,7 +87,8 @@ WorkloadItem parse_line(const std::string& line, const std::string& where) {
   r.sampling.top_k = get_int<int>(j, "top_k", 0, where);
   r.sampling.top_p = static_cast<float>(get_number(j, "top_p", 1.0, where));
   if (j.contains("seed")) {
-    check(j["seed"].is_number_unsigned(), ErrorCode::kInvalidArgument, where + ": 'seed' must be an integer >= 0");
+    check(j["seed"].is_number_unsigned(), ErrorCode::kInvalidArgument,
+          where + ": 'seed' must be an integer >= 0");
     r.sampling.seed = j["seed"].get<std::uint64_t>();
   }
   r.stop_tokens = get_tokens(j, "stop_tokens", where);

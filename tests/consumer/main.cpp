@@ -19,7 +19,8 @@ int main() {
   } catch (const chunkwise::Error& e) {
     typed = e.code() == chunkwise::ErrorCode::kIo;
   }
-  const bool ok = items.size() == 1 && b.has_value() && plan.chunks.size() == 1 && plan.chunks[0].num_tokens == 32 && typed;
+  const bool ok = items.size() == 1 && b.has_value() && plan.chunks.size() == 1 &&
+                  plan.chunks[0].num_tokens == 32 && typed;
   std::printf("consumer: %s\n", ok ? "ok" : "FAILED");
   return ok ? 0 : 1;
 }

@@ -21,9 +21,9 @@ inline std::shared_ptr<const Model> default_model() {
 }  // namespace chunkwise::test
 
 // Returns from the test case when the model is missing, with a visible warning.
-#define CHUNKWISE_REQUIRE_MODEL(var)                                                             \
+#define CHUNKWISE_REQUIRE_MODEL(var)                                                            \
   auto var = ::chunkwise::test::default_model();                                                \
-  if (!var) {                                                                                    \
+  if (!var) {                                                                                   \
     WARN("skipped: default model not found at " << ::chunkwise::default_model_path().string()); \
-    return;                                                                                      \
+    return;                                                                                     \
   }

@@ -78,12 +78,14 @@ TEST_CASE("logits equal transformers on the golden prompts", "[oracle]") {
     double worst_full = 0;
     for (std::size_t i = 0; i < positions.size(); ++i)
       for (int v = 0; v < vocab; ++v)
-        worst_full = std::max(worst_full, static_cast<double>(std::abs(
-                                              ours[positions[i] * static_cast<std::size_t>(vocab) + static_cast<std::size_t>(v)] -
-                                              rows[i * static_cast<std::size_t>(vocab) + static_cast<std::size_t>(v)])));
+        worst_full = std::max(
+            worst_full,
+            static_cast<double>(
+                std::abs(ours[positions[i] * static_cast<std::size_t>(vocab) + static_cast<std::size_t>(v)] -
+                         rows[i * static_cast<std::size_t>(vocab) + static_cast<std::size_t>(v)])));
     CHECK(worst_full <= tol);
-    WARN(name << ": " << tokens.size() << " tokens, max|dlogit| full rows " << worst_full << ", top-8 " << worst_top8
-              << ", tolerance " << tol);
+    WARN(name << ": " << tokens.size() << " tokens, max|dlogit| full rows " << worst_full << ", top-8 "
+              << worst_top8 << ", tolerance " << tol);
   }
   CHECK(long_prompt);
 }

@@ -20,7 +20,8 @@ std::vector<Request> mixed_requests(const chunkwise::Model& model, int max_new) 
   for (int i = 0; i < 16; ++i) {
     std::string text = "Tell me about " + std::string(topics[i % 8]) + ".";
     for (int k = 0; k < (i * 7) % 23; ++k)
-      text += " Please be detailed and mention history, science and everyday life, item " + std::to_string(k) + ".";
+      text += " Please be detailed and mention history, science and everyday life, item " +
+              std::to_string(k) + ".";
     Request r;
     r.label = "r" + std::to_string(i);
     r.prompt_tokens = model.tokenizer().encode(text);
@@ -35,9 +36,9 @@ std::vector<Request> mixed_requests(const chunkwise::Model& model, int max_new) 
   return out;
 }
 
-std::map<std::string, std::vector<chunkwise::TokenId>> run(const std::shared_ptr<const chunkwise::Model>& model,
-                                                            const std::vector<Request>& reqs, SessionConfig cfg,
-                                                            std::int64_t* preemptions = nullptr) {
+std::map<std::string, std::vector<chunkwise::TokenId>> run(
+    const std::shared_ptr<const chunkwise::Model>& model, const std::vector<Request>& reqs, SessionConfig cfg,
+    std::int64_t* preemptions = nullptr) {
   InferenceSession<> session(model, std::move(cfg));
   for (const auto& r : reqs) session.submit(r);
   std::map<std::string, std::vector<chunkwise::TokenId>> out;

@@ -14,8 +14,12 @@ static_assert(SparsePolicy<DenseAttention>);
 static_assert(ReusePolicy<PrefixOnlyReuse>);
 
 namespace {
-SequenceView decode(RequestId id, int len) { return {id, len - 1, len, len - 1, 1, 16, 0, 0.0}; }
-SequenceView fresh(RequestId id, int prompt) { return {id, prompt, prompt, 0, 0, 16, 0, 0.0}; }
+SequenceView decode(RequestId id, int len) {
+  return {id, len - 1, len, len - 1, 1, 16, 0, 0.0};
+}
+SequenceView fresh(RequestId id, int prompt) {
+  return {id, prompt, prompt, 0, 0, 16, 0, 0.0};
+}
 }  // namespace
 
 TEST_CASE("continuous batching runs every decode, then whole prompts first-come first-served", "[policy]") {

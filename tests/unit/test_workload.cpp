@@ -28,7 +28,8 @@ std::string message_of(const std::string& text) {
 
 TEST_CASE("workload lines parse into requests", "[workload]") {
   const auto items = parse_workload(
-      "{\"id\": \"a\", \"prompt\": \"hello\", \"max_tokens\": 8, \"arrival_s\": 1.5, \"priority\": 2, \"chat\": true}\n"
+      "{\"id\": \"a\", \"prompt\": \"hello\", \"max_tokens\": 8, \"arrival_s\": 1.5, \"priority\": 2, "
+      "\"chat\": true}\n"
       "\n"
       "{\"id\": \"b\", \"prompt_tokens\": [1, 2, 3], \"max_tokens\": 4, \"temperature\": 0.7, \"top_k\": 20,"
       " \"top_p\": 0.9, \"seed\": 42, \"stop_tokens\": [2]}\n");
@@ -53,13 +54,15 @@ TEST_CASE("malformed workload lines are rejected with their line number", "[work
   CHECK(code_of("[1, 2]") == ErrorCode::kInvalidArgument);
   CHECK(code_of("{\"id\": \"a\", \"prompt_tokens\": [1, 99999999999], \"max_tokens\": 3}") ==
         ErrorCode::kTokenOutOfRange);
-  CHECK(code_of("{\"id\": \"a\", \"prompt\": \"x\", \"max_tokens\": 3, \"top_p\": 0}") == ErrorCode::kInvalidArgument);
+  CHECK(code_of("{\"id\": \"a\", \"prompt\": \"x\", \"max_tokens\": 3, \"top_p\": 0}") ==
+        ErrorCode::kInvalidArgument);
   CHECK(code_of("{\"id\": \"a\", \"prompt\": \"x\", \"max_tokens\": 3, \"arrival_s\": -1}") ==
         ErrorCode::kInvalidArgument);
   CHECK(code_of("") == ErrorCode::kInvalidArgument);
-  CHECK(message_of("{\"id\": \"a\", \"prompt\": \"x\", \"max_tokens\": 3}\n{\"id\": \"a\", \"prompt\": \"y\", "
-                   "\"max_tokens\": 3}")
-            .find("w.jsonl:2: duplicate id") != std::string::npos);
+  CHECK(
+      message_of("{\"id\": \"a\", \"prompt\": \"x\", \"max_tokens\": 3}\n{\"id\": \"a\", \"prompt\": \"y\", "
+                 "\"max_tokens\": 3}")
+          .find("w.jsonl:2: duplicate id") != std::string::npos);
   CHECK(message_of("{\"id\": \"a\", \"prompt\": \"x\", \"max_tokens\": 3}\n{oops").find("w.jsonl:2") !=
         std::string::npos);
 }

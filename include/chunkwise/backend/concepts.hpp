@@ -12,11 +12,12 @@
 namespace chunkwise {
 
 template <class B>
-concept Backend = std::constructible_from<B, std::shared_ptr<const Model>, int, int> &&
-                  requires(B b, const B& cb, const ForwardBatch& batch, std::span<float> logits) {
-                    b.forward(batch, logits);
-                    { cb.num_blocks() } -> std::convertible_to<int>;
-                    { cb.block_size() } -> std::convertible_to<int>;
-                  };
+concept Backend = std::constructible_from < B,
+        std::shared_ptr<const Model>,
+int, int > &&requires(B b, const B& cb, const ForwardBatch& batch, std::span<float> logits) {
+  b.forward(batch, logits);
+  { cb.num_blocks() } -> std::convertible_to<int>;
+  { cb.block_size() } -> std::convertible_to<int>;
+};
 
 }  // namespace chunkwise

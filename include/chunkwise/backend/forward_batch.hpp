@@ -10,14 +10,14 @@
 namespace chunkwise {
 
 struct ForwardBatch {
-  std::vector<TokenId> tokens;          // [rows]
-  std::vector<std::int32_t> positions;  // [rows]
-  std::vector<std::int64_t> slots;      // [rows] cache slot = block * block_size + offset
+  std::vector<TokenId> tokens;            // [rows]
+  std::vector<std::int32_t> positions;    // [rows]
+  std::vector<std::int64_t> slots;        // [rows] cache slot = block * block_size + offset
   std::vector<std::int32_t> query_start;  // [seqs + 1]
   std::vector<std::int32_t> page_start;   // [seqs + 1]
   std::vector<std::int32_t> pages;
-  std::vector<std::int32_t> kv_len;       // [seqs]
-  std::vector<std::int32_t> logit_rows;   // rows whose logits are wanted, in output order
+  std::vector<std::int32_t> kv_len;      // [seqs]
+  std::vector<std::int32_t> logit_rows;  // rows whose logits are wanted, in output order
 
   [[nodiscard]] std::int64_t rows() const { return static_cast<std::int64_t>(tokens.size()); }
   [[nodiscard]] std::int64_t num_seqs() const { return static_cast<std::int64_t>(kv_len.size()); }

@@ -22,15 +22,24 @@ enum class ErrorCode {
 
 constexpr std::string_view to_string(ErrorCode c) noexcept {
   switch (c) {
-    case ErrorCode::kIo: return "io";
-    case ErrorCode::kModelFormat: return "model-format";
-    case ErrorCode::kUnsupported: return "unsupported";
-    case ErrorCode::kTokenizer: return "tokenizer";
-    case ErrorCode::kInvalidArgument: return "invalid-argument";
-    case ErrorCode::kTokenOutOfRange: return "token-out-of-range";
-    case ErrorCode::kContextOverflow: return "context-overflow";
-    case ErrorCode::kKvExhausted: return "kv-exhausted";
-    case ErrorCode::kBackend: return "backend";
+    case ErrorCode::kIo:
+      return "io";
+    case ErrorCode::kModelFormat:
+      return "model-format";
+    case ErrorCode::kUnsupported:
+      return "unsupported";
+    case ErrorCode::kTokenizer:
+      return "tokenizer";
+    case ErrorCode::kInvalidArgument:
+      return "invalid-argument";
+    case ErrorCode::kTokenOutOfRange:
+      return "token-out-of-range";
+    case ErrorCode::kContextOverflow:
+      return "context-overflow";
+    case ErrorCode::kKvExhausted:
+      return "kv-exhausted";
+    case ErrorCode::kBackend:
+      return "backend";
   }
   return "unknown";
 }

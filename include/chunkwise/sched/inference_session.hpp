@@ -46,8 +46,14 @@ struct Sequence {
 
   [[nodiscard]] int generated() const { return static_cast<int>(tokens.size()) - prompt_len; }
   [[nodiscard]] SequenceView view() const {
-    return SequenceView{id,         prompt_len,  static_cast<int>(tokens.size()), computed, generated(),
-                        request.max_new_tokens, request.priority, timings.submitted_s};
+    return SequenceView{id,
+                        prompt_len,
+                        static_cast<int>(tokens.size()),
+                        computed,
+                        generated(),
+                        request.max_new_tokens,
+                        request.priority,
+                        timings.submitted_s};
   }
 };
 
@@ -57,11 +63,13 @@ std::vector<TokenId> prepare_prompt(const Model& model, const Request& request, 
 }  // namespace detail
 
 template <BatchingPolicy Batching = ContinuousBatching, EvictionPolicy Eviction = LruEviction,
-          SparsePolicy Sparse = DenseAttention, ReusePolicy Reuse = PrefixOnlyReuse, Backend BackendT = CpuBackend>
+          SparsePolicy Sparse = DenseAttention, ReusePolicy Reuse = PrefixOnlyReuse,
+          Backend BackendT = CpuBackend>
 class InferenceSession {
  public:
-  explicit InferenceSession(std::shared_ptr<const Model> model, SessionConfig config = {}, Batching batching = {},
-                            Eviction eviction = {}, Sparse sparse = {}, Reuse reuse = {})
+  explicit InferenceSession(std::shared_ptr<const Model> model, SessionConfig config = {},
+                            Batching batching = {}, Eviction eviction = {}, Sparse sparse = {},
+                            Reuse reuse = {})
       : model_(std::move(model)),
         config_(std::move(config)),
         batching_(std::move(batching)),
@@ -106,7 +114,8 @@ class InferenceSession {
     if (!has_work()) return result;
     make_room_for_decodes();
     const StepPlan plan = plan_step();
-    if (plan.empty()) throw Error(ErrorCode::kInvalidArgument, "batching policy planned nothing while work is queued");
+    if (plan.empty())
+      throw Error(ErrorCode::kInvalidArgument, "batching policy planned nothing while work is queued");
 
     // Admit the waiting sequences the plan names and give every chunk its KV blocks.
     ForwardBatch batch;
@@ -120,13 +129,15 @@ class InferenceSession {
         running_.push_back(c.id);
       }
       const int end = s.computed + c.num_tokens;
-      while (static_cast<int>(s.blocks.size()) * config_.block_size < end) s.blocks.push_back(*pool_.allocate());
+      while (static_cast<int>(s.blocks.size()) * config_.block_size < end)
+        s.blocks.push_back(*pool_.allocate());
       for (int p = s.computed; p < end; ++p) {
         batch.tokens.push_back(s.tokens[static_cast<std::size_t>(p)]);
         batch.positions.push_back(p);
-        batch.slots.push_back(static_cast<std::int64_t>(s.blocks[static_cast<std::size_t>(p / config_.block_size)]) *
-                                  config_.block_size +
-                              p % config_.block_size);
+        batch.slots.push_back(
+            static_cast<std::int64_t>(s.blocks[static_cast<std::size_t>(p / config_.block_size)]) *
+                config_.block_size +
+            p % config_.block_size);
       }
       batch.pages.insert(batch.pages.end(), s.blocks.begin(), s.blocks.end());
       batch.query_start.push_back(static_cast<std::int32_t>(batch.tokens.size()));
@@ -158,8 +169,8 @@ class InferenceSession {
 
     for (std::size_t i = 0; i < sampled.size(); ++i) {
       detail::Sequence& s = *sampled[i];
-      const TokenId tok = sample(logits_.data() + i * static_cast<std::size_t>(vocab), vocab, s.request.sampling,
-                                 static_cast<std::uint64_t>(s.generated()));
+      const TokenId tok = sample(logits_.data() + i * static_cast<std::size_t>(vocab), vocab,
+                                 s.request.sampling, static_cast<std::uint64_t>(s.generated()));
       s.timings.token_s.push_back(t1);
       if (s.generated() == 0) s.timings.first_token_s = t1;
       metrics_.generated_tokens++;
@@ -239,9 +250,9 @@ class InferenceSession {
     views_waiting_.clear();
     for (RequestId id : running_) views_running_.push_back(seqs_.at(id).view());
     for (RequestId id : waiting_) views_waiting_.push_back(seqs_.at(id).view());
-    const SchedulerView view{views_running_, views_waiting_,
-                             Budgets{config_.max_batch_tokens, config_.max_sequences, pool_.free_count(),
-                                     config_.block_size}};
+    const SchedulerView view{
+        views_running_, views_waiting_,
+        Budgets{config_.max_batch_tokens, config_.max_sequences, pool_.free_count(), config_.block_size}};
     StepPlan plan = batching_.plan(view);
     check_plan(plan, view);
     return plan;
@@ -266,7 +277,8 @@ class InferenceSession {
       blocks += view.blocks_needed(v, c.num_tokens);
     }
     if (tokens > config_.max_batch_tokens) bad("more tokens than max_batch_tokens");
-    if (static_cast<int>(plan.chunks.size()) > config_.max_sequences) bad("more sequences than max_sequences");
+    if (static_cast<int>(plan.chunks.size()) > config_.max_sequences)
+      bad("more sequences than max_sequences");
     if (blocks > pool_.free_count()) bad("more KV blocks than are free");
   }
 
@@ -276,7 +288,8 @@ class InferenceSession {
     f.label = s.request.label;
     f.prompt_tokens.assign(s.tokens.begin(), s.tokens.begin() + s.prompt_len);
     f.output_tokens.assign(s.tokens.begin() + s.prompt_len, s.tokens.end());
-    if (model_->has_tokenizer()) f.output_text = model_->tokenizer().decode(f.output_tokens, /*skip_special=*/true);
+    if (model_->has_tokenizer())
+      f.output_text = model_->tokenizer().decode(f.output_tokens, /*skip_special=*/true);
     f.reason = reason;
     s.timings.finished_s = now();
     f.timings = std::move(s.timings);

@@ -11,7 +11,7 @@
 namespace chunkwise {
 
 struct Request {
-  std::string label;                  // caller's id, echoed back
+  std::string label;                   // caller's id, echoed back
   std::vector<TokenId> prompt_tokens;  // used when non-empty
   std::string prompt_text;             // tokenized when prompt_tokens is empty
   bool chat = false;                   // wrap prompt_text as one user message in the chat template
@@ -24,7 +24,9 @@ struct Request {
 
 enum class FinishReason { kStop, kLength };
 
-constexpr const char* to_string(FinishReason r) { return r == FinishReason::kStop ? "stop" : "length"; }
+constexpr const char* to_string(FinishReason r) {
+  return r == FinishReason::kStop ? "stop" : "length";
+}
 
 struct RequestTimings {
   double submitted_s = 0;    // session clock

@@ -37,43 +37,55 @@ void validate_batch(const PagedKv& cache, const AttentionBatch& b, int n_heads) 
         "paged_attention: cache has no K or V storage");
   check(cache.block_size > 0 && cache.n_kv_heads > 0 && cache.head_dim > 0, ErrorCode::kInvalidArgument,
         "paged_attention: cache needs block_size, n_kv_heads and head_dim > 0");
-  check(n_heads > 0 && n_heads % cache.n_kv_heads == 0, ErrorCode::kInvalidArgument,
-        "paged_attention: n_heads (" + std::to_string(n_heads) +
-            ") must be a positive multiple of "
-            "n_kv_heads (" +
-            std::to_string(cache.n_kv_heads) + ")");
+  if (!(n_heads > 0 && n_heads % cache.n_kv_heads == 0)) {
+    throw Error(ErrorCode::kInvalidArgument, "paged_attention: n_heads (" + std::to_string(n_heads) +
+                                                 ") must be a positive multiple of n_kv_heads (" +
+                                                 std::to_string(cache.n_kv_heads) + ")");
+  }
   check(!b.query_start.empty(), ErrorCode::kInvalidArgument, "paged_attention: query_start is empty");
   const std::size_t n_seq = b.query_start.size() - 1;
-  check(b.page_start.size() == n_seq + 1 && b.kv_len.size() == n_seq, ErrorCode::kInvalidArgument,
-        "paged_attention: query_start has " + std::to_string(b.query_start.size()) + " entries, page_start " +
-            std::to_string(b.page_start.size()) + " and kv_len " + std::to_string(b.kv_len.size()) +
-            "; expected n_seq + 1, n_seq + 1 and n_seq");
+  if (!(b.page_start.size() == n_seq + 1 && b.kv_len.size() == n_seq)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "paged_attention: query_start has " + std::to_string(b.query_start.size()) +
+                    " entries, page_start " + std::to_string(b.page_start.size()) + " and kv_len " +
+                    std::to_string(b.kv_len.size()) + "; expected n_seq + 1, n_seq + 1 and n_seq");
+  }
   check(b.query_start[0] == 0 && b.page_start[0] == 0, ErrorCode::kInvalidArgument,
         "paged_attention: query_start and page_start must start at 0");
   for (std::size_t s = 0; s < n_seq; ++s) {
     check(b.query_start[s + 1] >= b.query_start[s] && b.page_start[s + 1] >= b.page_start[s],
           ErrorCode::kInvalidArgument, "paged_attention: query_start and page_start must be non-decreasing");
   }
-  check(static_cast<std::size_t>(b.query_start[n_seq]) == b.q_pos.size(), ErrorCode::kInvalidArgument,
-        "paged_attention: q_pos has " + std::to_string(b.q_pos.size()) + " entries, query_start says " +
-            std::to_string(b.query_start[n_seq]));
-  check(static_cast<std::size_t>(b.page_start[n_seq]) == b.pages.size(), ErrorCode::kInvalidArgument,
-        "paged_attention: pages has " + std::to_string(b.pages.size()) + " entries, page_start says " +
-            std::to_string(b.page_start[n_seq]));
+  if (static_cast<std::size_t>(b.query_start[n_seq]) != b.q_pos.size()) {
+    throw Error(ErrorCode::kInvalidArgument, "paged_attention: q_pos has " + std::to_string(b.q_pos.size()) +
+                                                 " entries, query_start says " +
+                                                 std::to_string(b.query_start[n_seq]));
+  }
+  if (static_cast<std::size_t>(b.page_start[n_seq]) != b.pages.size()) {
+    throw Error(ErrorCode::kInvalidArgument, "paged_attention: pages has " + std::to_string(b.pages.size()) +
+                                                 " entries, page_start says " +
+                                                 std::to_string(b.page_start[n_seq]));
+  }
   for (const std::int32_t p : b.pages) {
     check(p >= 0, ErrorCode::kInvalidArgument, "paged_attention: negative page index");
   }
   for (std::size_t s = 0; s < n_seq; ++s) {
     const std::int64_t capacity =
         static_cast<std::int64_t>(b.page_start[s + 1] - b.page_start[s]) * cache.block_size;
-    check(b.kv_len[s] >= 0 && b.kv_len[s] <= capacity, ErrorCode::kInvalidArgument,
-          "paged_attention: sequence " + std::to_string(s) + " has kv_len " + std::to_string(b.kv_len[s]) +
-              " but its pages hold " + std::to_string(capacity) + " tokens");
+    if (!(b.kv_len[s] >= 0 && b.kv_len[s] <= capacity)) {
+      throw Error(ErrorCode::kInvalidArgument, "paged_attention: sequence " + std::to_string(s) +
+                                                   " has kv_len " + std::to_string(b.kv_len[s]) +
+                                                   " but its pages hold " + std::to_string(capacity) +
+                                                   " tokens");
+    }
     for (std::int32_t r = b.query_start[s]; r < b.query_start[s + 1]; ++r) {
       const std::int32_t pos = b.q_pos[static_cast<std::size_t>(r)];
-      check(pos >= 0 && pos < b.kv_len[s], ErrorCode::kInvalidArgument,
-            "paged_attention: query row " + std::to_string(r) + " at position " + std::to_string(pos) +
-                " is outside its sequence's cache of " + std::to_string(b.kv_len[s]) + " tokens");
+      if (!(pos >= 0 && pos < b.kv_len[s])) {
+        throw Error(ErrorCode::kInvalidArgument, "paged_attention: query row " + std::to_string(r) +
+                                                     " at position " + std::to_string(pos) +
+                                                     " is outside its sequence's cache of " +
+                                                     std::to_string(b.kv_len[s]) + " tokens");
+      }
     }
   }
 }
@@ -495,8 +507,10 @@ void write_kv(const PagedKv& cache, const float* k_new, const float* v_new, cons
   check(cache.block_size > 0 && cache.n_kv_heads > 0 && cache.head_dim > 0 && n >= 0,
         ErrorCode::kInvalidArgument, "write_kv: need block_size, n_kv_heads, head_dim > 0 and n >= 0");
   for (std::int64_t i = 0; i < n; ++i) {
-    check(slots[i] >= 0, ErrorCode::kInvalidArgument,
-          "write_kv: slot " + std::to_string(slots[i]) + " of row " + std::to_string(i) + " is negative");
+    if (slots[i] < 0) {
+      throw Error(ErrorCode::kInvalidArgument, "write_kv: slot " + std::to_string(slots[i]) + " of row " +
+                                                   std::to_string(i) + " is negative");
+    }
   }
   const std::int64_t kv_dim = static_cast<std::int64_t>(cache.n_kv_heads) * cache.head_dim;
   const std::size_t bytes = static_cast<std::size_t>(kv_dim) * sizeof(float);

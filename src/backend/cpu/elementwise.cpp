@@ -31,8 +31,10 @@ void rms_norm(const float* x, const float* weight, std::int64_t rows, std::int64
 }
 
 std::vector<float> rope_inv_freq(int head_dim, float theta, const RopeScaling& scaling) {
-  check(head_dim > 0 && head_dim % 2 == 0, ErrorCode::kInvalidArgument,
-        "rope_inv_freq: head_dim must be positive and even, got " + std::to_string(head_dim));
+  if (!(head_dim > 0 && head_dim % 2 == 0)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "rope_inv_freq: head_dim must be positive and even, got " + std::to_string(head_dim));
+  }
   check(std::isfinite(theta) && theta > 0.0f, ErrorCode::kInvalidArgument,
         "rope_inv_freq: theta must be positive and finite");
   const int half = head_dim / 2;
@@ -79,9 +81,10 @@ void rope(float* x, std::int64_t rows, int n_heads, int head_dim, const std::int
   check(rows >= 0 && n_heads > 0 && head_dim > 0 && head_dim % 2 == 0, ErrorCode::kInvalidArgument,
         "rope: need rows >= 0, n_heads > 0 and an even head_dim > 0");
   const int half = head_dim / 2;
-  check(inv_freq.size() == static_cast<std::size_t>(half), ErrorCode::kInvalidArgument,
-        "rope: inv_freq must have head_dim/2 = " + std::to_string(half) + " entries, got " +
-            std::to_string(inv_freq.size()));
+  if (inv_freq.size() != static_cast<std::size_t>(half)) {
+    throw Error(ErrorCode::kInvalidArgument, "rope: inv_freq must have head_dim/2 = " + std::to_string(half) +
+                                                 " entries, got " + std::to_string(inv_freq.size()));
+  }
   const std::int64_t row_size = static_cast<std::int64_t>(n_heads) * head_dim;
   const int threads = detail::threads_for(rows * (row_size + half * 16));
 #pragma omp parallel num_threads(threads) if (threads > 1)

@@ -1,7 +1,6 @@
 // Llama-family decoder forward on the CPU (fp32), the reference every other backend is
-// checked against. Rows of the batch are independent except inside attention, and every op
-// computes a row the same way whatever else is in the batch: that makes a request's output
-// independent of the batch it ran in.
+// checked against. Rows of the batch meet only inside attention, where each sequence sees only
+// its own pages.
 #include <algorithm>
 #include <cmath>
 #include <string>

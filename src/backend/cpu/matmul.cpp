@@ -32,7 +32,9 @@ using RowBlockMap = Eigen::Map<RowMatrix, Eigen::Unaligned, Eigen::OuterStride<>
 }  // namespace
 
 void set_num_threads(int n) {
-  check(n >= 0, ErrorCode::kInvalidArgument, "set_num_threads: n must be >= 0, got " + std::to_string(n));
+  if (n < 0) {
+    throw Error(ErrorCode::kInvalidArgument, "set_num_threads: n must be >= 0, got " + std::to_string(n));
+  }
   const int resolved = n == 0 ? omp_get_num_procs() : n;
   g_threads.store(n, std::memory_order_relaxed);
   Eigen::setNbThreads(resolved);

@@ -11,10 +11,10 @@ struct AttentionProbe {
   int layer = 0;
   int n_heads = 0;
   int head_dim = 0;
-  int query_begin = 0;   // first position of the chunk
-  int query_len = 0;     // rows in the chunk
-  int kv_len = 0;        // keys visible to the last row
-  int block_size = 64;   // query/key block of the mask
+  int query_begin = 0;  // first position of the chunk
+  int query_len = 0;    // rows in the chunk
+  int kv_len = 0;       // keys visible to the last row
+  int block_size = 64;  // query/key block of the mask
 };
 
 // Per head, block-sparse rows (BSR): for query block r of head h, the key blocks
