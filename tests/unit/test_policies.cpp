@@ -98,12 +98,10 @@ TEST_CASE("LRU eviction picks the least recently used leaf, deepest first", "[po
   CHECK(lru.num_candidates() == 2);
 }
 
-TEST_CASE("dense attention and prefix-only reuse are the exact baselines", "[policy]") {
+TEST_CASE("dense attention selects every causal block", "[policy]") {
   AttentionProbe probe;
   probe.block_size = 64;
-  CHECK(DenseAttention{}.select(probe).dense);
-  const PromptLayout layout{{1, 2, 3}, {0}};
-  const ReusePlan plan = PrefixOnlyReuse{}.plan(layout, *static_cast<const ChunkStore*>(nullptr));
-  CHECK(plan.load.empty());
-  CHECK(plan.recompute.empty());
+  const BlockMask mask = DenseAttention{}.select(probe);
+  CHECK(mask.dense);
+  CHECK(mask.block_size == 64);
 }
