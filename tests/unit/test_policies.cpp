@@ -56,6 +56,16 @@ TEST_CASE("continuous batching respects memory and sequence budgets", "[policy]"
   }
 }
 
+TEST_CASE("continuous batching keeps a block per running sequence when admitting", "[policy]") {
+  const std::vector<SequenceView> running = {decode(1, 33), decode(2, 49)};  // each needs a new block
+  const std::vector<SequenceView> waiting = {fresh(3, 64)};
+  const SchedulerView view{running, waiting, Budgets{512, 8, 6, 16}};
+  const StepPlan plan = ContinuousBatching{}.plan(view);
+  REQUIRE(plan.chunks.size() == 3);
+  // The decodes take 2 of 6 free blocks; 2 more stay in reserve for the two running sequences.
+  CHECK(plan.chunks[2].num_tokens == 32);
+}
+
 TEST_CASE("blocks_needed counts only blocks beyond those already held", "[policy]") {
   const SchedulerView view{{}, {}, Budgets{64, 8, 10, 16}};
   SequenceView s = fresh(1, 40);
