@@ -11,5 +11,7 @@ endfunction()
 
 if(CHUNKWISE_SANITIZE)
   add_compile_options(-fsanitize=${CHUNKWISE_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
+  # The sanitizer build also recounts the KV cache invariants after every operation.
+  add_compile_definitions(CHUNKWISE_KV_CHECKS=1)
   add_link_options(-fsanitize=${CHUNKWISE_SANITIZE})
 endif()

@@ -28,6 +28,8 @@ class Args {
 };
 
 // Options every subcommand takes.
-inline const std::set<std::string> kCommonOptions = {"model", "device", "threads", "block-size", "kv-mb"};
+inline const std::set<std::string> kCommonOptions = {
+    "model", "device", "threads", "block-size", "kv-mb", "kv-blocks", "prefix-cache", "host-cache-blocks",
+    "preemption", "swap-blocks"};
 
 }  // namespace chunkwise::cli

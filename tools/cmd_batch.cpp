@@ -10,6 +10,10 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "chunkwise/policy/eviction/cost_aware_eviction.hpp"
+#include "chunkwise/policy/eviction/lru_eviction.hpp"
+#include "chunkwise/policy/eviction/prefix_lifetime_eviction.hpp"
+#include "chunkwise/policy/eviction/priority_eviction.hpp"
 #include "chunkwise/sched/inference_session.hpp"
 #include "chunkwise/sched/workload.hpp"
 #include "commands.hpp"
@@ -47,25 +51,16 @@ void progress(std::size_t done, std::size_t total, std::int64_t tokens, double s
   std::fflush(stderr);
 }
 
-}  // namespace
-
-int cmd_batch(const std::vector<std::string>& argv) {
-  std::set<std::string> options = kCommonOptions;
-  options.insert({"workload", "out", "stats-json", "show", "max-batch-tokens", "max-seqs"});
-  const Args args(argv, options, {"no-progress"});
-  const std::vector<WorkloadItem> items = read_workload(args.required("workload"));
-  const long long show = args.integer("show", 3);
-  check(show >= 0, ErrorCode::kInvalidArgument, "--show must be >= 0");
-
-  auto model = load_model_from_args(args);
-  SessionConfig config = session_config_from_args(args);
-  config.max_batch_tokens = static_cast<int>(args.integer("max-batch-tokens", config.max_batch_tokens));
-  config.max_sequences = static_cast<int>(args.integer("max-seqs", config.max_sequences));
+// One run of the workload with the eviction policy fixed at compile time.
+template <class Eviction>
+int run_batch(const Args& args, const std::vector<WorkloadItem>& items,
+              const std::shared_ptr<const Model>& model, SessionConfig config, Eviction eviction,
+              const char* eviction_name, long long show) {
   const auto start = std::chrono::steady_clock::now();
   config.clock = [start] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  InferenceSession<> session(model, config);
+  InferenceSession<ContinuousBatching, Eviction> session(model, config, {}, std::move(eviction));
 
   // Submit in arrival order; the workload's own order is kept for the results file.
   std::vector<std::size_t> order(items.size());
@@ -140,39 +135,57 @@ int cmd_batch(const std::vector<std::string>& argv) {
                        {"e2e_s", f.timings.finished_s - arrival.at(id)},
                        {"finish_reason", to_string(f.reason)},
                        {"prompt_tokens", f.prompt_tokens.size()},
-                       {"prompt_tokens_cached", 0}});
+                       {"prompt_tokens_cached", f.prompt_tokens_cached},
+                       {"preemptions", f.preemptions}});
     }
     if (out.is_open()) out << line.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
   }
 
   const SessionMetrics& m = session.metrics();
-  const double prefill_tps =
-      m.prefill_s > 0 ? static_cast<double>(m.prompt_tokens_computed + m.recomputed_tokens) / m.prefill_s : 0;
+  const KvMetrics& kvm = session.kv_metrics();
+  const KvUsage usage = session.kv_usage();
+  const double prefill_tps = m.prefill_s > 0 ? static_cast<double>(m.prefill_tokens) / m.prefill_s : 0;
   const double decode_tps = m.decode_s > 0 ? static_cast<double>(m.decode_tokens) / m.decode_s : 0;
-  const json stats{
-      {"requests", items.size()},
-      {"requests_failed", errors},
-      {"prompt_tokens", prompt_tokens},
-      {"prompt_tokens_computed", computed},
-      {"output_tokens", output_tokens},
-      {"wall_s", wall},
-      {"tokens_per_s", wall > 0 ? static_cast<double>(prompt_tokens + output_tokens) / wall : 0},
-      {"prefill_tokens_per_s", prefill_tps},
-      {"decode_tokens_per_s", decode_tps},
-      {"ttft_s", percentiles(ttft)},
-      {"tbt_s", percentiles(tbt)},
-      {"peak_kv_blocks", m.kv_blocks_peak},
-      {"steps", m.steps},
-      {"preemptions", m.preemptions},
-      {"kv",
-       {{"block_size", config.block_size},
-        {"total_blocks", m.kv_blocks_total},
-        {"peak_blocks", m.kv_blocks_peak},
-        {"prefix_hit_tokens", 0}}},
-      {"policies",
-       {{"batching", "continuous"}, {"eviction", "lru"}, {"sparse", "dense"}, {"reuse", "prefix-only"}}},
-      {"model", model->source()},
-      {"device", "cpu"}};
+  const json stats{{"requests", items.size()},
+                   {"requests_failed", errors},
+                   {"prompt_tokens", prompt_tokens},
+                   {"prompt_tokens_computed", computed},
+                   {"output_tokens", output_tokens},
+                   {"wall_s", wall},
+                   {"tokens_per_s", wall > 0 ? static_cast<double>(prompt_tokens + output_tokens) / wall : 0},
+                   {"prefill_tokens_per_s", prefill_tps},
+                   {"decode_tokens_per_s", decode_tps},
+                   {"ttft_s", percentiles(ttft)},
+                   {"tbt_s", percentiles(tbt)},
+                   {"peak_kv_blocks", m.kv_blocks_peak},
+                   {"steps", m.steps},
+                   {"preemptions", m.preemptions},
+                   {"kv",
+                    {{"block_size", config.block_size},
+                     {"total_blocks", m.kv_blocks_total},
+                     {"peak_blocks", m.kv_blocks_peak},
+                     {"prefix_caching", config.prefix_caching},
+                     {"prefix_queries", kvm.prefix_queries},
+                     {"prefix_query_tokens", kvm.prefix_query_tokens},
+                     {"prefix_hit_tokens", kvm.prefix_hit_tokens},
+                     {"prefix_hit_rate", kvm.hit_rate()},
+                     {"host_hit_tokens", kvm.host_hit_tokens},
+                     {"evictions", kvm.evictions},
+                     {"host_saves", kvm.host_saves},
+                     {"cow_copies", kvm.cow_copies},
+                     {"preemptions", m.preemptions},
+                     {"swap_preemptions", m.swap_preemptions},
+                     {"recomputed_tokens", m.recomputed_tokens},
+                     {"blocks_free", usage.free},
+                     {"blocks_cached", usage.cached},
+                     {"blocks_in_use", usage.in_use}}},
+                   {"policies",
+                    {{"batching", "continuous"},
+                     {"eviction", eviction_name},
+                     {"sparse", "dense"},
+                     {"reuse", "prefix-only"}}},
+                   {"model", model->source()},
+                   {"device", "cpu"}};
   if (auto path = args.get("stats-json")) {
     std::ofstream s(*path);
     check(static_cast<bool>(s), ErrorCode::kIo, "cannot write '" + *path + "'");
@@ -205,7 +218,46 @@ int cmd_batch(const std::vector<std::string>& argv) {
               percentile(tbt, 99));
   std::printf("%-28s %d of %d (block %d tokens)\n", "peak KV blocks", m.kv_blocks_peak, m.kv_blocks_total,
               config.block_size);
+  std::printf("%-28s %s, %lld queries, %lld of %lld tokens hit (%.1f%%)\n", "prefix cache",
+              config.prefix_caching ? "on" : "off", static_cast<long long>(kvm.prefix_queries),
+              static_cast<long long>(kvm.prefix_hit_tokens), static_cast<long long>(kvm.prefix_query_tokens),
+              100.0 * kvm.hit_rate());
+  std::printf("%-28s %s: %lld evictions, %lld from host tier\n", "eviction", eviction_name,
+              static_cast<long long>(kvm.evictions), static_cast<long long>(kvm.host_hit_tokens));
+  std::printf("%-28s %lld (%lld swapped), %lld tokens recomputed\n", "preemptions",
+              static_cast<long long>(m.preemptions), static_cast<long long>(m.swap_preemptions),
+              static_cast<long long>(m.recomputed_tokens));
   return errors == 0 ? 0 : 3;
+}
+
+}  // namespace
+
+int cmd_batch(const std::vector<std::string>& argv) {
+  std::set<std::string> options = kCommonOptions;
+  options.insert({"workload", "out", "stats-json", "show", "max-batch-tokens", "max-seqs", "eviction",
+                  "retention-s", "half-life-s"});
+  const Args args(argv, options, {"no-progress"});
+  const std::vector<WorkloadItem> items = read_workload(args.required("workload"));
+  const long long show = args.integer("show", 3);
+  check(show >= 0, ErrorCode::kInvalidArgument, "--show must be >= 0");
+
+  auto model = load_model_from_args(args);
+  SessionConfig config = session_config_from_args(args);
+  config.max_batch_tokens = static_cast<int>(args.integer("max-batch-tokens", config.max_batch_tokens));
+  config.max_sequences = static_cast<int>(args.integer("max-seqs", config.max_sequences));
+  const std::string eviction = args.str("eviction", "lru");
+  if (eviction == "lru") return run_batch(args, items, model, config, LruEviction{}, "lru", show);
+  if (eviction == "prefix-lifetime")
+    return run_batch(args, items, model, config, PrefixLifetimeEviction{}, "prefix-lifetime", show);
+  if (eviction == "cost-aware")
+    return run_batch(args, items, model, config, CostAwareEviction{args.number("half-life-s", 60.0)},
+                     "cost-aware", show);
+  if (eviction == "priority")
+    return run_batch(args, items, model, config, PriorityEviction{args.number("retention-s", 60.0)},
+                     "priority", show);
+  throw Error(
+      ErrorCode::kInvalidArgument,
+      "--eviction must be one of lru, prefix-lifetime, cost-aware, priority (got '" + eviction + "')");
 }
 
 }  // namespace chunkwise::cli

@@ -22,6 +22,7 @@ commands:
   run     --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
   batch   --workload FILE.jsonl [--out results.jsonl] [--stats-json FILE] [--show N] [--no-progress]
           [--max-batch-tokens N] [--max-seqs N]
+          [--eviction lru|prefix-lifetime|cost-aware|priority] [--retention-s S] [--half-life-s S]
   logits  --text TEXT --out FILE.npy [--chat]
 
 common options:
@@ -30,6 +31,11 @@ common options:
   --threads N         CPU threads (default: all cores)
   --block-size N      KV block size in tokens (default 16)
   --kv-mb N           KV cache budget in MiB (default 1024)
+  --kv-blocks N       KV cache size in blocks (overrides --kv-mb)
+  --prefix-cache on|off          reuse cached KV of shared prefixes (default on)
+  --host-cache-blocks N          host-RAM tier for evicted prefix blocks (default 0: none)
+  --preemption recompute|swap    what a preempted request does (default recompute)
+  --swap-blocks N                host-RAM swap space in blocks (default: the pool's size)
 )";
 }  // namespace
 
@@ -64,6 +70,24 @@ SessionConfig session_config_from_args(const Args& args) {
   check(mb >= 1 && mb <= (1LL << 24), ErrorCode::kInvalidArgument, "--kv-mb must be in [1, 16777216]");
   c.block_size = static_cast<int>(bs);
   c.kv_memory_mb = static_cast<std::size_t>(mb);
+  const long long blocks = args.integer("kv-blocks", 0);
+  check(blocks >= 0 && blocks <= (1LL << 30), ErrorCode::kInvalidArgument,
+        "--kv-blocks must be in [0, 2^30] (0: size from --kv-mb)");
+  c.kv_blocks = static_cast<int>(blocks);
+  const std::string prefix = args.str("prefix-cache", "on");
+  check(prefix == "on" || prefix == "off", ErrorCode::kInvalidArgument, "--prefix-cache must be on or off");
+  c.prefix_caching = prefix == "on";
+  const long long host = args.integer("host-cache-blocks", 0);
+  check(host >= 0 && host <= (1LL << 30), ErrorCode::kInvalidArgument,
+        "--host-cache-blocks must be in [0, 2^30]");
+  c.host_cache_blocks = static_cast<int>(host);
+  const std::string preemption = args.str("preemption", "recompute");
+  check(preemption == "recompute" || preemption == "swap", ErrorCode::kInvalidArgument,
+        "--preemption must be recompute or swap");
+  c.preemption = preemption == "swap" ? Preemption::kSwap : Preemption::kRecompute;
+  const long long swap = args.integer("swap-blocks", 0);
+  check(swap >= 0 && swap <= (1LL << 30), ErrorCode::kInvalidArgument, "--swap-blocks must be in [0, 2^30]");
+  c.swap_blocks = static_cast<int>(swap);
   return c;
 }
 

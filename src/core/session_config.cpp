@@ -15,6 +15,8 @@ void validate(const SessionConfig& c) {
   need(c.kv_blocks > 0 || c.kv_memory_mb > 0, "kv_memory_mb must be > 0 when kv_blocks is 0");
   need(c.max_batch_tokens >= 1, "max_batch_tokens must be >= 1");
   need(c.max_sequences >= 1, "max_sequences must be >= 1");
+  need(c.host_cache_blocks >= 0, "host_cache_blocks must be >= 0");
+  need(c.swap_blocks >= 0, "swap_blocks must be >= 0");
 }
 
 }  // namespace chunkwise

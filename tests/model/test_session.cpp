@@ -5,6 +5,7 @@
 
 #include "chunkwise/sched/inference_session.hpp"
 #include "model_fixture.hpp"
+#include "session_runner.hpp"
 
 namespace {
 
@@ -36,19 +37,12 @@ std::vector<Request> mixed_requests(const chunkwise::Model& model, int max_new) 
   return out;
 }
 
-std::map<std::string, std::vector<chunkwise::TokenId>> run(
-    const std::shared_ptr<const chunkwise::Model>& model, const std::vector<Request>& reqs, SessionConfig cfg,
-    std::int64_t* preemptions = nullptr) {
-  InferenceSession<> session(model, std::move(cfg));
-  for (const auto& r : reqs) session.submit(r);
-  std::map<std::string, std::vector<chunkwise::TokenId>> out;
-  while (session.has_work()) {
-    session.step();
-    REQUIRE(session.block_pool().invariants_hold());
-  }
-  for (const FinishedRequest& f : session.take_finished()) out[f.label] = f.output_tokens;
-  CHECK(session.block_pool().used() == 0);  // every block came back
-  if (preemptions) *preemptions = session.metrics().preemptions;
+chunkwise::test::Outputs run(const std::shared_ptr<const chunkwise::Model>& model,
+                             const std::vector<Request>& reqs, SessionConfig cfg,
+                             std::int64_t* preemptions = nullptr) {
+  chunkwise::SessionMetrics m;
+  auto out = chunkwise::test::run_requests(model, reqs, std::move(cfg), &m);
+  if (preemptions) *preemptions = m.preemptions;
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include "catch.hpp"
 #include "chunkwise/core/error.hpp"
 #include "chunkwise/model/gguf.hpp"
+#include "error_code.hpp"
 
 namespace {
 
@@ -27,16 +28,6 @@ std::vector<float> decode(d::ElemType t, const Bytes& b, std::size_t n) {
   std::vector<float> out(n);
   d::dequantize(t, b, out);
   return out;
-}
-
-template <class F>
-std::optional<ErrorCode> error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  return std::nullopt;
 }
 
 }  // namespace
@@ -167,11 +158,13 @@ TEST_CASE("dequant: sizes and row maps", "[dequant]") {
   CHECK(d::encoded_size(d::ElemType::kQ8_0, 96) == 102);
   CHECK(d::encoded_size(d::ElemType::kF16, 3) == 6);
   CHECK(d::encoded_size(d::ElemType::kBF16, 0) == 0);
-  CHECK(error_of([] { (void)d::encoded_size(d::ElemType::kQ4_0, 33); }) == ErrorCode::kModelFormat);
-  CHECK(error_of([] { (void)d::encoded_size(d::ElemType::kF32, ~std::uint64_t{0}); }) ==
+  CHECK(chunkwise::test::error_code([] { (void)d::encoded_size(d::ElemType::kQ4_0, 33); }) ==
+        ErrorCode::kModelFormat);
+  CHECK(chunkwise::test::error_code([] { (void)d::encoded_size(d::ElemType::kF32, ~std::uint64_t{0}); }) ==
         ErrorCode::kModelFormat);
   std::vector<float> out(4);
-  CHECK(error_of([&] { d::dequantize(d::ElemType::kF32, Bytes(12), out); }) == ErrorCode::kModelFormat);
+  CHECK(chunkwise::test::error_code([&] { d::dequantize(d::ElemType::kF32, Bytes(12), out); }) ==
+        ErrorCode::kModelFormat);
 
   // Rows land where the map says.
   Bytes m;
@@ -182,9 +175,12 @@ TEST_CASE("dequant: sizes and row maps", "[dequant]") {
   CHECK(dst == std::vector<float>{3, 4, 5, 6, 1, 2});
   d::dequantize_rows(d::ElemType::kF16, m, 3, 2, dst);
   CHECK(dst == std::vector<float>{1, 2, 3, 4, 5, 6});
-  CHECK(error_of([&] { d::dequantize_rows(d::ElemType::kF16, m, 2, 2, dst); }) == ErrorCode::kModelFormat);
+  CHECK(chunkwise::test::error_code([&] { d::dequantize_rows(d::ElemType::kF16, m, 2, 2, dst); }) ==
+        ErrorCode::kModelFormat);
   const std::int64_t bad_order[] = {0, 0, 5};
-  CHECK(error_of([&] { d::dequantize_rows(d::ElemType::kF16, m, 3, 2, dst, bad_order); }).has_value());
+  CHECK(chunkwise::test::error_code([&] {
+          d::dequantize_rows(d::ElemType::kF16, m, 3, 2, dst, bad_order);
+        }).has_value());
 }
 
 TEST_CASE("dequant: ggml type table", "[dequant]") {

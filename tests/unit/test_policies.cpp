@@ -2,14 +2,12 @@
 #include "catch.hpp"
 #include "chunkwise/policy/batching/continuous_batching.hpp"
 #include "chunkwise/policy/concepts.hpp"
-#include "chunkwise/policy/eviction/lru_eviction.hpp"
 #include "chunkwise/policy/reuse/prefix_only_reuse.hpp"
 #include "chunkwise/policy/sparse/dense_attention.hpp"
 
 using namespace chunkwise;
 
 static_assert(BatchingPolicy<ContinuousBatching>);
-static_assert(EvictionPolicy<LruEviction>);
 static_assert(SparsePolicy<DenseAttention>);
 static_assert(ReusePolicy<PrefixOnlyReuse>);
 
@@ -76,36 +74,6 @@ TEST_CASE("blocks_needed counts only blocks beyond those already held", "[policy
   s.computed = 17;  // two blocks held, second partial
   CHECK(view.blocks_needed(s, 15) == 0);
   CHECK(view.blocks_needed(s, 16) == 1);
-}
-
-TEST_CASE("LRU eviction picks the least recently used leaf, deepest first", "[policy]") {
-  LruEviction lru;
-  CHECK_FALSE(lru.pick_victim().has_value());
-  BlockInfo info;
-  info.now_s = 1.0;
-  info.depth = 0;
-  info.num_children = 1;  // an inner block is never a candidate
-  lru.on_unreferenced(10, info);
-  CHECK_FALSE(lru.pick_victim().has_value());
-  info.depth = 1;
-  info.num_children = 0;
-  lru.on_unreferenced(11, info);
-  info.depth = 2;
-  lru.on_unreferenced(12, info);  // same time, deeper: goes first
-  info.now_s = 2.0;
-  info.depth = 1;
-  lru.on_unreferenced(13, info);
-  CHECK(lru.pick_victim() == BlockId{12});
-  lru.on_hit(12, info);  // referenced again: no longer a candidate
-  CHECK(lru.pick_victim() == BlockId{11});
-  lru.on_removed(11);
-  CHECK(lru.pick_victim() == BlockId{13});
-  info.now_s = 3.0;
-  info.num_children = 0;
-  info.depth = 0;
-  lru.on_unreferenced(10, info);  // its child went, now a leaf
-  CHECK(lru.pick_victim() == BlockId{13});
-  CHECK(lru.num_candidates() == 2);
 }
 
 TEST_CASE("dense attention selects every causal block", "[policy]") {

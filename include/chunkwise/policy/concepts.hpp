@@ -19,14 +19,23 @@ concept BatchingPolicy = requires(P p, const SchedulerView& view) {
   { p.plan(view) } -> std::same_as<StepPlan>;
 };
 
-// Which unreferenced cached KV block goes first when memory runs short.
+// Which cached KV block goes first when memory runs short. The KV cache reports events; only
+// unreferenced leaves of the prefix tree are ever candidates, and the cache decides which those are:
+//  on_cached:    the block entered the prefix index (it is referenced then);
+//  on_hit:       a lookup reused it;
+//  on_evictable: it is now an unreferenced leaf; reported again when its info (demand) changes;
+//  on_pinned:    it stopped being a candidate (referenced again, or it gained a child);
+//  on_removed:   it left the index (evicted or cleared);
+//  pick_victim:  the candidate to evict at time now_s, or nullopt when there is none.
 template <class P>
-concept EvictionPolicy = requires(P p, BlockId b, const BlockInfo& info) {
+concept EvictionPolicy = requires(P p, const P& cp, BlockId b, const BlockInfo& info, double now_s) {
   p.on_cached(b, info);
   p.on_hit(b, info);
-  p.on_unreferenced(b, info);
+  p.on_evictable(b, info);
+  p.on_pinned(b);
   p.on_removed(b);
-  { p.pick_victim() } -> std::same_as<std::optional<BlockId>>;
+  { p.pick_victim(now_s) } -> std::same_as<std::optional<BlockId>>;
+  { cp.num_candidates() } -> std::convertible_to<std::size_t>;
 };
 
 // Which key blocks each query block attends to during prefill.

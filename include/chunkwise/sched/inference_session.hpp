@@ -2,10 +2,12 @@
 // asks the batching policy for a plan, runs one forward pass of the ragged batch it names
 // (prefill chunks and decodes together) and samples the next token of every sequence whose
 // computed tokens reached its end. Finished requests are collected with take_finished().
+// KV memory (blocks, prefix cache, eviction, host tier, swap) is the KvCache it owns.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -16,7 +18,7 @@
 #include "chunkwise/backend/concepts.hpp"
 #include "chunkwise/backend/cpu/cpu_backend.hpp"
 #include "chunkwise/core/error.hpp"
-#include "chunkwise/kv/block_pool.hpp"
+#include "chunkwise/kv/kv_cache.hpp"
 #include "chunkwise/model/model.hpp"
 #include "chunkwise/policy/batching/continuous_batching.hpp"
 #include "chunkwise/policy/concepts.hpp"
@@ -38,10 +40,12 @@ struct Sequence {
   std::vector<TokenId> tokens;  // prompt, then generated
   int prompt_len = 0;
   int computed = 0;
-  std::vector<BlockId> blocks;
+  int high_water = 0;     // most tokens ever computed: positions below it computed again are recomputes
+  bool admitted = false;  // admitted at least once (its prefix-cache hit is counted then)
   std::vector<TokenId> stops;
   RequestTimings timings;
   int prompt_tokens_computed = 0;
+  int prompt_tokens_cached = 0;
   int preemptions = 0;
 
   [[nodiscard]] int generated() const { return static_cast<int>(tokens.size()) - prompt_len; }
@@ -73,25 +77,24 @@ class InferenceSession {
       : model_(std::move(model)),
         config_(std::move(config)),
         batching_(std::move(batching)),
-        eviction_(std::move(eviction)),
         sparse_(std::move(sparse)),
         reuse_(std::move(reuse)),
-        pool_(num_blocks_for(*model_, config_)),
-        backend_(model_, pool_.total(), config_.block_size) {
+        backend_(model_, num_blocks_for(*model_, config_), config_.block_size),
+        kv_(kv_config(config_, backend_.num_blocks()), std::move(eviction), kv_transfer()) {
     if (!config_.clock) {
       const auto start = std::chrono::steady_clock::now();
       config_.clock = [start] {
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       };
     }
-    metrics_.kv_blocks_total = pool_.total();
+    metrics_.kv_blocks_total = backend_.num_blocks();
   }
 
   // Validates and queues a request. Throws Error (kInvalidArgument, kTokenOutOfRange,
   // kContextOverflow, kKvExhausted, kTokenizer) without changing the session.
   RequestId submit(Request request) {
     std::vector<TokenId> prompt =
-        detail::prepare_prompt(*model_, request, pool_.total() * config_.block_size);
+        detail::prepare_prompt(*model_, request, backend_.num_blocks() * config_.block_size);
     detail::Sequence s;
     s.id = next_id_++;
     s.prompt_len = static_cast<int>(prompt.size());
@@ -103,69 +106,125 @@ class InferenceSession {
     metrics_.requests_submitted++;
     metrics_.prompt_tokens += s.prompt_len;
     const RequestId id = s.id;
+    kv_.open(id, s.tokens, s.request.cache_salt, s.request.priority, s.timings.submitted_s);
     waiting_.push_back(id);
     seqs_.emplace(id, std::move(s));
     return id;
   }
 
+  // A new request that continues `parent` (running, not swapped out) from where it is, sharing
+  // its KV blocks; the first write into a shared block copies it. For parallel sampling: give
+  // the fork its own sampling parameters (seed). Returns the fork's id.
+  RequestId fork(RequestId parent, SamplingParams sampling, std::string label) {
+    check(std::find(running_.begin(), running_.end(), parent) != running_.end(), ErrorCode::kInvalidArgument,
+          "fork: request " + std::to_string(parent) + " is not running");
+    validate(sampling);
+    const detail::Sequence& p = seqs_.at(parent);
+    detail::Sequence s;
+    s.id = next_id_++;
+    s.request = p.request;
+    s.request.sampling = sampling;
+    s.request.label = std::move(label);
+    s.tokens = p.tokens;
+    s.prompt_len = p.prompt_len;
+    s.computed = p.computed;
+    s.high_water = p.computed;
+    s.admitted = true;
+    s.stops = p.stops;
+    s.timings.submitted_s = now();
+    s.timings.first_token_s = s.timings.submitted_s;  // its generated tokens so far came with it
+    kv_.fork(parent, s.id, s.timings.submitted_s);
+    metrics_.requests_submitted++;
+    const RequestId id = s.id;
+    running_.push_back(id);
+    seqs_.emplace(id, std::move(s));
+    return id;
+  }
+
+  // Drops a queued or running request; it comes back from take_finished() with reason
+  // kCancelled and the tokens generated so far. False when the id is not live.
+  bool cancel(RequestId id) {
+    auto it = seqs_.find(id);
+    if (it == seqs_.end()) return false;
+    for (auto* list : {&waiting_, &running_})
+      list->erase(std::remove(list->begin(), list->end(), id), list->end());
+    swapped_.erase(std::remove(swapped_.begin(), swapped_.end(), id), swapped_.end());
+    metrics_.requests_cancelled++;
+    finish(it->second, FinishReason::kCancelled);
+    return true;
+  }
+
+  // Drops every cached prefix block that no request holds.
+  void clear_prefix_cache() { kv_.clear(now()); }
+
   // Runs one forward pass. Does nothing when there is no work.
   StepResult step() {
     StepResult result;
     if (!has_work()) return result;
+    swap_in_ready();
     make_room_for_decodes();
     const StepPlan plan = plan_step();
     if (plan.empty())
       throw Error(ErrorCode::kInvalidArgument, "batching policy planned nothing while work is queued");
 
-    // Admit the waiting sequences the plan names and give every chunk its KV blocks.
+    // Admit the waiting sequences the plan names (taking their cached prefix) and give every
+    // chunk its KV blocks. A chunk that no longer fits (the cache shrank since planning) is
+    // cut to what fits, or waits for the next step.
     ForwardBatch batch;
     batch.query_start.push_back(0);
     batch.page_start.push_back(0);
-    std::vector<detail::Sequence*> sampled;
+    std::vector<detail::Sequence*> sampled, computed_now;
+    const double t_plan = now();
     for (const ScheduledChunk& c : plan.chunks) {
       detail::Sequence& s = seqs_.at(c.id);
-      if (auto it = std::find(waiting_.begin(), waiting_.end(), c.id); it != waiting_.end()) {
-        waiting_.erase(it);
+      auto waiting = std::find(waiting_.begin(), waiting_.end(), c.id);
+      const bool admitting = waiting != waiting_.end();
+      int n = c.num_tokens;
+      if (admitting) {
+        s.computed = kv_.match(s.id, s.tokens, t_plan);
+        result.prefix_hit_tokens += s.computed;
+        if (!s.admitted) {
+          s.prompt_tokens_cached = std::min(s.computed, s.prompt_len);
+          metrics_.prompt_tokens_cached += s.prompt_tokens_cached;
+        }
+        n = std::min(n, static_cast<int>(s.tokens.size()) - s.computed);
+      }
+      if (kv_.reserve(s.id, s.computed, s.computed + n, t_plan)) {
+        const int max_end =
+            (static_cast<int>(kv_.blocks(s.id).size()) + kv_.available()) * config_.block_size;
+        n = std::min(n, max_end - s.computed);
+        if (n <= 0 || kv_.reserve(s.id, s.computed, s.computed + n, t_plan)) {
+          if (admitting) {
+            kv_.release(s.id, t_plan);
+            s.computed = 0;
+          }
+          continue;
+        }
+      }
+      if (admitting) {
+        waiting_.erase(waiting);
         running_.push_back(c.id);
+        s.admitted = true;
       }
-      const int end = s.computed + c.num_tokens;
-      while (static_cast<int>(s.blocks.size()) * config_.block_size < end)
-        s.blocks.push_back(*pool_.allocate());
-      for (int p = s.computed; p < end; ++p) {
-        batch.tokens.push_back(s.tokens[static_cast<std::size_t>(p)]);
-        batch.positions.push_back(p);
-        batch.slots.push_back(
-            static_cast<std::int64_t>(s.blocks[static_cast<std::size_t>(p / config_.block_size)]) *
-                config_.block_size +
-            p % config_.block_size);
-      }
-      batch.pages.insert(batch.pages.end(), s.blocks.begin(), s.blocks.end());
-      batch.query_start.push_back(static_cast<std::int32_t>(batch.tokens.size()));
-      batch.page_start.push_back(static_cast<std::int32_t>(batch.pages.size()));
-      batch.kv_len.push_back(end);
-      const bool decode = s.view().is_decode();
-      const int prompt_part = std::max(0, std::min(end, s.prompt_len) - s.computed);
-      s.prompt_tokens_computed += prompt_part;
-      metrics_.prompt_tokens_computed += prompt_part;
-      if (decode) {
-        result.decode_rows += 1;
-      } else {
-        result.prefill_rows += c.num_tokens;
-        metrics_.recomputed_tokens += c.num_tokens - prompt_part;
-      }
-      s.computed = end;
-      if (end == static_cast<int>(s.tokens.size())) {
+      append_chunk(batch, s, n, result);
+      computed_now.push_back(&s);
+      if (s.computed == static_cast<int>(s.tokens.size())) {
         batch.logit_rows.push_back(batch.query_start.back() - 1);
         sampled.push_back(&s);
       }
     }
-    metrics_.kv_blocks_peak = std::max(metrics_.kv_blocks_peak, pool_.used());
+    metrics_.kv_blocks_peak = std::max(metrics_.kv_blocks_peak, kv_.pool().in_use());
+    if (batch.tokens.empty()) {  // everything planned was cut: memory is pinned; try again next step
+      result.kv = kv_.usage();
+      return result;
+    }
 
     const int vocab = model_->config().vocab;
     logits_.resize(sampled.size() * static_cast<std::size_t>(vocab));
     const double t0 = now();
     backend_.forward(batch, logits_);
     const double t1 = now();
+    for (detail::Sequence* s : computed_now) kv_.commit(s->id, s->tokens, s->computed, t1);
 
     for (std::size_t i = 0; i < sampled.size(); ++i) {
       detail::Sequence& s = *sampled[i];
@@ -187,10 +246,12 @@ class InferenceSession {
     }
 
     result.rows = static_cast<int>(batch.tokens.size());
-    result.sequences = static_cast<int>(plan.chunks.size());
+    result.sequences = static_cast<int>(batch.kv_len.size());
     result.seconds = t1 - t0;
+    result.kv = kv_.usage();
     metrics_.steps++;
     metrics_.decode_tokens += result.decode_rows;
+    metrics_.prefill_tokens += result.prefill_rows;
     metrics_.forward_s += result.seconds;
     const double share = result.rows > 0 ? static_cast<double>(result.prefill_rows) / result.rows : 0.0;
     metrics_.prefill_s += result.seconds * share;
@@ -201,13 +262,16 @@ class InferenceSession {
   // Requests finished since the last call, in the order they finished.
   std::vector<FinishedRequest> take_finished() { return std::exchange(finished_, {}); }
 
-  [[nodiscard]] bool has_work() const { return !running_.empty() || !waiting_.empty(); }
+  [[nodiscard]] bool has_work() const { return !running_.empty() || !waiting_.empty() || !swapped_.empty(); }
   [[nodiscard]] std::size_t num_running() const { return running_.size(); }
-  [[nodiscard]] std::size_t num_waiting() const { return waiting_.size(); }
+  [[nodiscard]] std::size_t num_waiting() const { return waiting_.size() + swapped_.size(); }
   [[nodiscard]] const SessionMetrics& metrics() const { return metrics_; }
   [[nodiscard]] const SessionConfig& config() const { return config_; }
   [[nodiscard]] const Model& model() const { return *model_; }
-  [[nodiscard]] const BlockPool& block_pool() const { return pool_; }
+  [[nodiscard]] const BlockPool& block_pool() const { return kv_.pool(); }
+  [[nodiscard]] const KvCache<Eviction>& kv_cache() const { return kv_; }
+  [[nodiscard]] const KvMetrics& kv_metrics() const { return kv_.metrics(); }
+  [[nodiscard]] KvUsage kv_usage() const { return kv_.usage(); }
   [[nodiscard]] double now() const { return config_.clock(); }
 
  private:
@@ -221,27 +285,104 @@ class InferenceSession {
     return static_cast<int>(std::min<std::size_t>(blocks, 1u << 30));
   }
 
-  // Every running decode needs room for one more token; when memory is short the most recently
-  // admitted sequence gives its blocks back and waits to be recomputed (vLLM's recompute
-  // preemption), keeping all its tokens.
+  static KvCacheConfig kv_config(const SessionConfig& c, int num_blocks) {
+    KvCacheConfig k;
+    k.num_blocks = num_blocks;
+    k.block_size = c.block_size;
+    k.prefix_caching = c.prefix_caching;
+    k.host_cache_blocks = c.host_cache_blocks;
+    k.swap_blocks = c.preemption == Preemption::kSwap ? (c.swap_blocks > 0 ? c.swap_blocks : num_blocks) : 0;
+    return k;
+  }
+  KvTransfer kv_transfer() {
+    KvTransfer t;
+    t.bytes_per_block = BackendT::kv_bytes_per_block(model_->config(), config_.block_size);
+    t.copy = [this](BlockId src, BlockId dst) { backend_.copy_block(src, dst); };
+    t.save = [this](BlockId src, std::span<std::byte> dst) { backend_.save_block(src, dst); };
+    t.load = [this](BlockId dst, std::span<const std::byte> src) { backend_.load_block(dst, src); };
+    return t;
+  }
+
+  // Adds tokens [computed, computed + n) of s to the batch.
+  void append_chunk(ForwardBatch& batch, detail::Sequence& s, int n, StepResult& result) {
+    const std::span<const BlockId> blocks = kv_.blocks(s.id);
+    const int bs = config_.block_size;
+    const int end = s.computed + n;
+    for (int p = s.computed; p < end; ++p) {
+      batch.tokens.push_back(s.tokens[static_cast<std::size_t>(p)]);
+      batch.positions.push_back(p);
+      batch.slots.push_back(static_cast<std::int64_t>(blocks[static_cast<std::size_t>(p / bs)]) * bs +
+                            p % bs);
+    }
+    const auto used = static_cast<std::size_t>((end + bs - 1) / bs);
+    batch.pages.insert(batch.pages.end(), blocks.begin(), blocks.begin() + static_cast<std::ptrdiff_t>(used));
+    batch.query_start.push_back(static_cast<std::int32_t>(batch.tokens.size()));
+    batch.page_start.push_back(static_cast<std::int32_t>(batch.pages.size()));
+    batch.kv_len.push_back(end);
+    const bool decode = s.view().is_decode();
+    const int prompt_part = std::max(0, std::min(end, s.prompt_len) - s.computed);
+    s.prompt_tokens_computed += prompt_part;
+    metrics_.prompt_tokens_computed += prompt_part;
+    metrics_.recomputed_tokens += std::max(0, std::min(end, s.high_water) - s.computed);
+    if (decode)
+      result.decode_rows += 1;
+    else
+      result.prefill_rows += n;
+    s.computed = end;
+    s.high_water = std::max(s.high_water, end);
+  }
+
+  // Swapped-out sequences come back first, oldest first, while memory allows (one block of
+  // headroom per running sequence stays free so decodes do not preempt them again at once).
+  void swap_in_ready() {
+    while (!swapped_.empty()) {
+      const RequestId id = swapped_.front();
+      const int need = kv_.swapped_blocks(id) + static_cast<int>(running_.size());
+      if (need > kv_.available() && !running_.empty()) return;
+      if (kv_.swap_in(id, now())) {
+        if (!running_.empty()) return;
+        // Nothing runs and it still does not fit (cache pinned): recompute it instead.
+        kv_.discard_swap(id);
+        detail::Sequence& s = seqs_.at(id);
+        s.computed = 0;
+        waiting_.insert(waiting_.begin(), id);
+      } else {
+        running_.push_back(id);
+      }
+      swapped_.pop_front();
+    }
+  }
+
+  // Every running sequence needs room for one more token (a copy too where it shares its last
+  // block). When memory is short the lowest-priority, most recently admitted sequence is
+  // preempted: swapped to host RAM where configured and possible, else its blocks are released
+  // and it waits to be recomputed with all its tokens kept (vLLM's recompute preemption).
   void make_room_for_decodes() {
     for (;;) {
       int needed = 0;
       for (RequestId id : running_) {
         const detail::Sequence& s = seqs_.at(id);
-        const int bs = config_.block_size;
-        needed += (s.computed + 1 + bs - 1) / bs - static_cast<int>(s.blocks.size());
+        needed += kv_.blocks_to_write(id, s.computed, s.computed + 1);
       }
-      if (needed <= pool_.free_count() || running_.size() <= 1) return;
-      const RequestId victim = running_.back();
-      running_.pop_back();
-      detail::Sequence& s = seqs_.at(victim);
-      for (BlockId b : s.blocks) pool_.release(b);
-      s.blocks.clear();
-      s.computed = 0;
+      if (needed <= kv_.available() || running_.size() <= 1) return;
+      auto victim = running_.end() - 1;
+      for (auto it = running_.end() - 1; it != running_.begin();) {
+        --it;
+        if (seqs_.at(*it).request.priority < seqs_.at(*victim).request.priority) victim = it;
+      }
+      const RequestId id = *victim;
+      running_.erase(victim);
+      detail::Sequence& s = seqs_.at(id);
       s.preemptions++;
       metrics_.preemptions++;
-      waiting_.insert(waiting_.begin(), victim);
+      if (config_.preemption == Preemption::kSwap && kv_.swap_out(id, now())) {
+        metrics_.swap_preemptions++;
+        swapped_.push_back(id);
+      } else {
+        kv_.release(id, now());
+        s.computed = 0;
+        waiting_.insert(waiting_.begin(), id);
+      }
     }
   }
 
@@ -249,10 +390,18 @@ class InferenceSession {
     views_running_.clear();
     views_waiting_.clear();
     for (RequestId id : running_) views_running_.push_back(seqs_.at(id).view());
-    for (RequestId id : waiting_) views_waiting_.push_back(seqs_.at(id).view());
+    // While swapped sequences wait to come back, nothing new is admitted (their memory first).
+    if (swapped_.empty()) {
+      for (RequestId id : waiting_) {
+        detail::Sequence& s = seqs_.at(id);
+        SequenceView v = s.view();
+        v.computed = kv_.peek(id, s.tokens);  // the cached prefix it would start from
+        views_waiting_.push_back(v);
+      }
+    }
     const SchedulerView view{
         views_running_, views_waiting_,
-        Budgets{config_.max_batch_tokens, config_.max_sequences, pool_.free_count(), config_.block_size}};
+        Budgets{config_.max_batch_tokens, config_.max_sequences, kv_.available(), config_.block_size}};
     StepPlan plan = batching_.plan(view);
     check_plan(plan, view);
     return plan;
@@ -265,11 +414,17 @@ class InferenceSession {
     };
     int tokens = 0, blocks = 0;
     std::unordered_set<RequestId> seen;
+    auto find = [&](RequestId id) -> const SequenceView* {
+      for (auto list : {view.running, view.waiting})
+        for (const SequenceView& v : list)
+          if (v.id == id) return &v;
+      return nullptr;
+    };
     for (const ScheduledChunk& c : plan.chunks) {
-      auto it = seqs_.find(c.id);
-      if (it == seqs_.end()) bad("unknown request " + std::to_string(c.id));
+      const SequenceView* found = find(c.id);
+      if (found == nullptr) bad("unknown request " + std::to_string(c.id));
       if (!seen.insert(c.id).second) bad("request " + std::to_string(c.id) + " scheduled twice");
-      const SequenceView v = it->second.view();
+      const SequenceView& v = *found;
       if (c.num_tokens < 1 || c.num_tokens > v.uncomputed())
         bad("chunk of " + std::to_string(c.num_tokens) + " tokens for a request with " +
             std::to_string(v.uncomputed()) + " uncomputed");
@@ -279,7 +434,7 @@ class InferenceSession {
     if (tokens > config_.max_batch_tokens) bad("more tokens than max_batch_tokens");
     if (static_cast<int>(plan.chunks.size()) > config_.max_sequences)
       bad("more sequences than max_sequences");
-    if (blocks > pool_.free_count()) bad("more KV blocks than are free");
+    if (blocks > view.budgets.free_blocks) bad("more KV blocks than are free");
   }
 
   void finish(detail::Sequence& s, FinishReason reason) {
@@ -294,10 +449,11 @@ class InferenceSession {
     s.timings.finished_s = now();
     f.timings = std::move(s.timings);
     f.prompt_tokens_computed = s.prompt_tokens_computed;
+    f.prompt_tokens_cached = s.prompt_tokens_cached;
     f.preemptions = s.preemptions;
-    for (BlockId b : s.blocks) pool_.release(b);
-    running_.erase(std::find(running_.begin(), running_.end(), s.id));
-    metrics_.requests_finished++;
+    kv_.close(s.id, s.timings.finished_s);
+    running_.erase(std::remove(running_.begin(), running_.end(), s.id), running_.end());
+    if (reason != FinishReason::kCancelled) metrics_.requests_finished++;
     finished_.push_back(std::move(f));
     seqs_.erase(s.id);
   }
@@ -305,14 +461,14 @@ class InferenceSession {
   std::shared_ptr<const Model> model_;
   SessionConfig config_;
   Batching batching_;
-  [[no_unique_address]] Eviction eviction_;
   [[no_unique_address]] Sparse sparse_;
   [[no_unique_address]] Reuse reuse_;
-  BlockPool pool_;
   BackendT backend_;
+  KvCache<Eviction> kv_;  // after backend_: its transfers call into it
   std::unordered_map<RequestId, detail::Sequence> seqs_;
   std::vector<RequestId> running_;  // admission order
   std::vector<RequestId> waiting_;  // arrival order; preempted sequences go first
+  std::deque<RequestId> swapped_;   // swapped out to host RAM, oldest first
   std::vector<FinishedRequest> finished_;
   std::vector<SequenceView> views_running_, views_waiting_;
   std::vector<float> logits_;

@@ -19,13 +19,22 @@ struct Request {
   int max_new_tokens = 64;
   std::vector<TokenId> stop_tokens;  // in addition to the model's EOS when stop_at_eos
   bool stop_at_eos = true;
-  int priority = 0;
+  int priority = 0;        // higher runs first where a policy orders by it, and its cached KV is kept longer
+  std::string cache_salt;  // prefix-cache namespace: requests share cached KV only within one salt
 };
 
-enum class FinishReason { kStop, kLength };
+enum class FinishReason { kStop, kLength, kCancelled };
 
 constexpr const char* to_string(FinishReason r) {
-  return r == FinishReason::kStop ? "stop" : "length";
+  switch (r) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+  }
+  return "?";
 }
 
 struct RequestTimings {
@@ -45,6 +54,7 @@ struct FinishedRequest {
   FinishReason reason = FinishReason::kLength;
   RequestTimings timings;
   int prompt_tokens_computed = 0;  // prompt tokens whose KV this request computed (recomputes included)
+  int prompt_tokens_cached = 0;    // prompt tokens found in the prefix cache at its first admission
   int preemptions = 0;
 };
 

@@ -3,6 +3,7 @@
 // its own pages.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "chunkwise/backend/cpu/cpu_backend.hpp"
@@ -32,6 +33,51 @@ CpuBackend::CpuBackend(std::shared_ptr<const Model> model, int num_blocks, int b
   const auto per_layer = static_cast<std::size_t>(num_blocks) * block_size * c.kv_dim();
   k_cache_.assign(c.n_layers, std::vector<float>(per_layer));
   v_cache_.assign(c.n_layers, std::vector<float>(per_layer));
+}
+
+std::size_t CpuBackend::block_floats() const {
+  return static_cast<std::size_t>(block_size_) * static_cast<std::size_t>(model_->config().kv_dim());
+}
+
+void CpuBackend::check_block(BlockId b) const {
+  check(b >= 0 && b < num_blocks_, ErrorCode::kInvalidArgument,
+        "KV block " + std::to_string(b) + " out of range");
+}
+
+void CpuBackend::copy_block(BlockId src, BlockId dst) {
+  check_block(src);
+  check_block(dst);
+  const std::size_t n = block_floats();
+  for (auto* cache : {&k_cache_, &v_cache_})
+    for (auto& layer : *cache)
+      std::copy_n(layer.data() + static_cast<std::size_t>(src) * n, n,
+                  layer.data() + static_cast<std::size_t>(dst) * n);
+}
+
+void CpuBackend::save_block(BlockId src, std::span<std::byte> dst) const {
+  check_block(src);
+  check(dst.size() == kv_bytes_per_block(model_->config(), block_size_), ErrorCode::kInvalidArgument,
+        "KV block save: wrong buffer size");
+  const std::size_t n = block_floats();
+  std::byte* out = dst.data();
+  for (const auto* cache : {&k_cache_, &v_cache_})
+    for (const auto& layer : *cache) {
+      std::memcpy(out, layer.data() + static_cast<std::size_t>(src) * n, n * sizeof(float));
+      out += n * sizeof(float);
+    }
+}
+
+void CpuBackend::load_block(BlockId dst, std::span<const std::byte> src) {
+  check_block(dst);
+  check(src.size() == kv_bytes_per_block(model_->config(), block_size_), ErrorCode::kInvalidArgument,
+        "KV block load: wrong buffer size");
+  const std::size_t n = block_floats();
+  const std::byte* in = src.data();
+  for (auto* cache : {&k_cache_, &v_cache_})
+    for (auto& layer : *cache) {
+      std::memcpy(layer.data() + static_cast<std::size_t>(dst) * n, in, n * sizeof(float));
+      in += n * sizeof(float);
+    }
 }
 
 void CpuBackend::check_batch(const ForwardBatch& b, std::span<float> logits) const {

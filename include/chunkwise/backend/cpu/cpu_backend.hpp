@@ -27,8 +27,16 @@ class CpuBackend {
   // Bytes of KV one block takes across all layers (K and V, fp32).
   static std::size_t kv_bytes_per_block(const ModelConfig& config, int block_size);
 
+  // KV movement for the KV memory layer: copy-on-write, host tier and swap. A saved block is
+  // kv_bytes_per_block() bytes: every layer's K block, then every layer's V block.
+  void copy_block(BlockId src, BlockId dst);
+  void save_block(BlockId src, std::span<std::byte> dst) const;
+  void load_block(BlockId dst, std::span<const std::byte> src);
+
  private:
   void check_batch(const ForwardBatch& batch, std::span<float> logits) const;
+  [[nodiscard]] std::size_t block_floats() const;
+  void check_block(BlockId b) const;
 
   std::shared_ptr<const Model> model_;
   int num_blocks_;

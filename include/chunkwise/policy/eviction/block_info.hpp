@@ -1,17 +1,21 @@
+// What an eviction policy knows about a cached KV block. The KV cache fills it in; times come
+// from the session's clock (injectable in tests), in seconds.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace chunkwise {
 
-// What an eviction policy knows about a cached block. Times come from the session's clock
-// (injectable in tests), in seconds.
 struct BlockInfo {
-  double now_s = 0;
-  int depth = 0;            // position of the block in its prefix chain (0 = first block)
-  int hits = 0;             // times a lookup reused it
-  int num_children = 0;     // cached blocks that extend it; only leaves (0) may be evicted
-  std::int64_t tokens = 0;  // tokens it holds
+  double now_s = 0;                // time of the event being reported
+  int depth = 0;                   // index of the block in its prefix chain (0 = first block)
+  int tokens = 0;                  // tokens the block holds
+  std::int64_t tokens_before = 0;  // tokens before it in its chain (what attention reads again)
+  std::int64_t hits = 0;           // lookups that reused it since it was cached
+  int priority = 0;                // highest priority of the requests that used it; higher = keep
+  int demand = 0;                  // queued or running requests whose tokens contain this block
+  std::size_t bytes = 0;           // KV bytes the block takes on the device
 };
 
 }  // namespace chunkwise

@@ -1,0 +1,471 @@
+// KvCache: the KV memory layer. It owns the block pool, the prefix index, the eviction policy,
+// the host tier and swap space, and a block table per sequence. The scheduler drives it with
+// sequence-level operations:
+//   open / close     a request enters / leaves (its prompt counts as demand for its prefix);
+//   match            at admission, take the longest cached prefix (device, then host tier);
+//   reserve          blocks for the next tokens, evicting cached blocks and copying a shared
+//                    block before it is written (copy-on-write); all or nothing;
+//   commit           after a forward pass, index the blocks that filled up;
+//   fork             a second sequence shares every block (parallel sampling);
+//   release          drop a sequence's blocks (recompute preemption); swap_out / swap_in move
+//                    them to host RAM and back.
+// It never touches the model; KV bytes move through KvTransfer, so it is tested without one.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "chunkwise/core/error.hpp"
+#include "chunkwise/core/types.hpp"
+#include "chunkwise/kv/block_hash.hpp"
+#include "chunkwise/kv/block_pool.hpp"
+#include "chunkwise/kv/host_kv_store.hpp"
+#include "chunkwise/kv/kv_types.hpp"
+#include "chunkwise/kv/prefix_index.hpp"
+#include "chunkwise/policy/concepts.hpp"
+
+// Recount every invariant after each mutating call: on in debug builds and in the sanitizer
+// build (which defines it to 1), off in release builds.
+#ifndef CHUNKWISE_KV_CHECKS
+#ifdef NDEBUG
+#define CHUNKWISE_KV_CHECKS 0
+#else
+#define CHUNKWISE_KV_CHECKS 1
+#endif
+#endif
+
+namespace chunkwise {
+
+template <EvictionPolicy Eviction>
+class KvCache {
+ public:
+  using SeqId = std::uint64_t;
+
+  KvCache(const KvCacheConfig& config, Eviction policy, KvTransfer transfer)
+      : config_(validated(config)),
+        pool_(config.num_blocks),
+        index_(config.num_blocks, config.block_size),
+        policy_(std::move(policy)),
+        transfer_(std::move(transfer)),
+        host_(config.host_cache_blocks, transfer_.bytes_per_block),
+        swap_(config.swap_blocks, transfer_.bytes_per_block) {}
+
+  // ---- sequences -------------------------------------------------------------------------
+
+  // A request enters with its prompt; until close() its full prompt blocks count as demand.
+  void open(SeqId id, std::span<const TokenId> prompt, std::string_view salt, int priority, double now_s) {
+    check(!seqs_.contains(id), ErrorCode::kInvalidArgument,
+          "KV sequence " + std::to_string(id) + " already open");
+    Seq& s = seqs_[id];
+    s.root = kv::root_hash(salt);
+    s.priority = priority;
+    extend_hashes(s, prompt, static_cast<int>(prompt.size()) / bs());
+    s.demand_blocks = static_cast<int>(s.hashes.size());
+    add_demand(s, +1, now_s);
+    debug_check();
+  }
+
+  // Drops every block and swap slot of the sequence and forgets it.
+  void close(SeqId id, double now_s) {
+    Seq& s = seq(id);
+    release(id, now_s);
+    for (int slot : s.swap_slots) swap_.release(slot);
+    add_demand(s, -1, now_s);
+    seqs_.erase(id);
+    debug_check();
+  }
+
+  // A new sequence that shares every block of `parent` (its tokens are the parent's too).
+  void fork(SeqId parent, SeqId child, double now_s) {
+    check(!seqs_.contains(child), ErrorCode::kInvalidArgument,
+          "KV sequence " + std::to_string(child) + " already open");
+    const Seq& p = seq(parent);
+    check(p.swap_slots.empty(), ErrorCode::kInvalidArgument, "cannot fork a swapped-out sequence");
+    Seq s = p;
+    for (BlockId b : s.blocks) pool_.retain(b);
+    seqs_.emplace(child, std::move(s));
+    add_demand(seqs_.at(child), +1, now_s);
+    debug_check();
+  }
+
+  // Tokens of `tokens` whose KV is cached, in whole blocks, at most all but the last token (whose
+  // logits the caller needs); without retaining anything.
+  [[nodiscard]] int peek(SeqId id, std::span<const TokenId> tokens) {
+    if (!config_.prefix_caching) return 0;
+    Seq& s = seq(id);
+    const int limit = (static_cast<int>(tokens.size()) - 1) / bs();
+    extend_hashes(s, tokens, limit);
+    int i = 0;
+    for (; i < limit; ++i)
+      if (!index_.find(s.hashes[ui(i)], parent_hash(s, i), block_tokens(tokens, i))) break;
+    for (; i < limit && host_.capacity() > 0; ++i)
+      if (!host_.find(s.hashes[ui(i)], parent_hash(s, i), block_tokens(tokens, i))) break;
+    return i * bs();
+  }
+
+  // Admission: the sequence (holding no blocks) takes the longest cached prefix of `tokens`,
+  // restoring host-tier blocks onto the device, and returns how many tokens it covers.
+  int match(SeqId id, std::span<const TokenId> tokens, double now_s) {
+    Seq& s = seq(id);
+    check(s.blocks.empty() && s.swap_slots.empty(), ErrorCode::kInvalidArgument,
+          "prefix match for a sequence that already holds KV");
+    metrics_.prefix_queries++;
+    metrics_.prefix_query_tokens += static_cast<std::int64_t>(tokens.size());
+    if (!config_.prefix_caching) return 0;
+    const int limit = (static_cast<int>(tokens.size()) - 1) / bs();
+    extend_hashes(s, tokens, limit);
+    int i = 0;
+    for (; i < limit; ++i) {
+      auto b = index_.find(s.hashes[ui(i)], parent_hash(s, i), block_tokens(tokens, i));
+      if (!b) break;
+      take_cached(s, *b, now_s);
+    }
+    for (; i < limit && host_.capacity() > 0; ++i) {
+      auto bytes = host_.find(s.hashes[ui(i)], parent_hash(s, i), block_tokens(tokens, i));
+      if (!bytes) break;
+      auto b = allocate_one(now_s);
+      if (!b) break;
+      transfer_.load(*b, *bytes);
+      s.blocks.push_back(*b);
+      index_block(s, i, block_tokens(tokens, i), now_s);  // its parent is the block before: it rejoins
+      metrics_.host_hit_tokens += bs();
+    }
+    s.indexed = i;
+    metrics_.prefix_hit_tokens += static_cast<std::int64_t>(i) * bs();
+    debug_check();
+    return i * bs();
+  }
+
+  // Makes the sequence's table hold tokens [0, end) and writable from `from`: a shared block
+  // at `from` is copied first. Evicts cached blocks as needed. On failure nothing changed.
+  [[nodiscard]] std::optional<OutOfKvMemory> reserve(SeqId id, int from, int end, double now_s) {
+    Seq& s = seq(id);
+    check(from >= 0 && from <= end, ErrorCode::kInvalidArgument, "bad KV reserve range");
+    const int have = static_cast<int>(s.blocks.size());
+    const int first = from / bs();
+    const bool cow = first < have && pool_.refcount(s.blocks[ui(first)]) > 1;
+    const int needed = blocks_to_write(id, from, end);
+    if (needed > available()) return OutOfKvMemory{needed, available()};
+    std::vector<BlockId> got;
+    for (int k = 0; k < needed; ++k) {
+      auto b = allocate_one(now_s);
+      if (!b) {  // cached blocks pinned by referenced descendants: give back and report
+        for (BlockId g : got) pool_.release(g);
+        return OutOfKvMemory{needed, k};
+      }
+      got.push_back(*b);
+    }
+    std::size_t next = 0;
+    if (cow) {
+      const BlockId shared = s.blocks[ui(first)];
+      const BlockId own = got[next++];
+      transfer_.copy(shared, own);
+      pool_.release(shared);  // still referenced by the other sharer(s)
+      s.blocks[ui(first)] = own;
+      metrics_.cow_copies++;
+    }
+    for (; next < got.size(); ++next) s.blocks.push_back(got[next]);
+    debug_check();
+    return std::nullopt;
+  }
+
+  // After a forward pass computed tokens [0, computed): index the blocks that are now full.
+  void commit(SeqId id, std::span<const TokenId> tokens, int computed, double now_s) {
+    Seq& s = seq(id);
+    if (!config_.prefix_caching) return;
+    const int full = std::min(computed / bs(), static_cast<int>(s.blocks.size()));
+    extend_hashes(s, tokens, full);
+    for (int i = s.indexed; i < full; ++i) index_block(s, i, block_tokens(tokens, i), now_s);
+    s.indexed = std::max(s.indexed, full);
+    debug_check();
+  }
+
+  // Drops the sequence's blocks, tail first; indexed ones stay cached (recompute preemption).
+  void release(SeqId id, double now_s) {
+    Seq& s = seq(id);
+    for (auto it = s.blocks.rbegin(); it != s.blocks.rend(); ++it) unref(*it, now_s);
+    s.blocks.clear();
+    s.indexed = 0;
+    debug_check();
+  }
+
+  // Copies the sequence's blocks to host swap space and releases them; false (and no change)
+  // when swap space is short.
+  bool swap_out(SeqId id, double now_s) {
+    Seq& s = seq(id);
+    if (s.blocks.empty() || swap_.free_count() < static_cast<int>(s.blocks.size())) return false;
+    for (BlockId b : s.blocks) {
+      const int slot = *swap_.allocate();
+      transfer_.save(b, swap_.bytes(slot));
+      s.swap_slots.push_back(slot);
+    }
+    metrics_.swapped_out_blocks += static_cast<std::int64_t>(s.blocks.size());
+    release(id, now_s);
+    return true;
+  }
+
+  // Brings swapped blocks back into fresh device blocks. They are re-offered to the prefix index
+  // on the next commit (as duplicates where the original is still cached).
+  [[nodiscard]] std::optional<OutOfKvMemory> swap_in(SeqId id, double now_s) {
+    Seq& s = seq(id);
+    check(s.blocks.empty(), ErrorCode::kInvalidArgument, "swap-in of a sequence that holds KV");
+    const int n = static_cast<int>(s.swap_slots.size());
+    if (auto oom = reserve(id, 0, n * bs(), now_s)) return oom;
+    for (int i = 0; i < n; ++i) {
+      transfer_.load(s.blocks[ui(i)], swap_.bytes(s.swap_slots[ui(i)]));
+      swap_.release(s.swap_slots[ui(i)]);
+    }
+    s.swap_slots.clear();
+    metrics_.swapped_in_blocks += n;
+    debug_check();
+    return std::nullopt;
+  }
+
+  // Gives up the swapped copy of a sequence (it will be recomputed instead).
+  void discard_swap(SeqId id) {
+    Seq& s = seq(id);
+    for (int slot : s.swap_slots) swap_.release(slot);
+    s.swap_slots.clear();
+  }
+
+  // Blocks reserve(id, from, end) would take: new ones plus a copy of a shared block at `from`.
+  [[nodiscard]] int blocks_to_write(SeqId id, int from, int end) const {
+    const Seq& s = seq(id);
+    const int have = static_cast<int>(s.blocks.size());
+    const int first = from / bs();
+    const bool cow = first < have && pool_.refcount(s.blocks[ui(first)]) > 1;
+    return std::max(0, (end + bs() - 1) / bs() - have) + (cow ? 1 : 0);
+  }
+
+  // ---- cache -----------------------------------------------------------------------------
+
+  // Evicts up to n cached blocks; returns how many went.
+  int evict(int n, double now_s) {
+    int done = 0;
+    while (done < n && evict_one(now_s)) ++done;
+    debug_check();
+    return done;
+  }
+
+  // Evicts every evictable cached block (at idle this empties the cache).
+  void clear(double now_s) {
+    while (evict_one(now_s)) {
+    }
+    debug_check();
+  }
+
+  // ---- views -----------------------------------------------------------------------------
+
+  [[nodiscard]] std::span<const BlockId> blocks(SeqId id) const { return seq(id).blocks; }
+  [[nodiscard]] bool is_swapped(SeqId id) const { return !seq(id).swap_slots.empty(); }
+  [[nodiscard]] int swapped_blocks(SeqId id) const { return static_cast<int>(seq(id).swap_slots.size()); }
+  [[nodiscard]] bool holds(SeqId id) const { return seqs_.contains(id); }
+  [[nodiscard]] std::size_t num_sequences() const { return seqs_.size(); }
+  // Blocks a reservation can obtain: free ones plus cached ones (which eviction frees).
+  [[nodiscard]] int available() const { return pool_.free_count() + pool_.cached_count(); }
+  [[nodiscard]] int block_size() const { return config_.block_size; }
+  [[nodiscard]] const KvCacheConfig& config() const { return config_; }
+  [[nodiscard]] const KvMetrics& metrics() const { return metrics_; }
+  [[nodiscard]] const BlockPool& pool() const { return pool_; }
+  [[nodiscard]] const kv::PrefixIndex& index() const { return index_; }
+  [[nodiscard]] const Eviction& policy() const { return policy_; }
+  [[nodiscard]] KvUsage usage() const {
+    return KvUsage{pool_.total(),
+                   pool_.free_count(),
+                   pool_.cached_count(),
+                   pool_.in_use(),
+                   static_cast<int>(policy_.num_candidates()),
+                   static_cast<int>(host_.size()),
+                   swap_.free_count()};
+  }
+
+  // Every accounting invariant, recounted from scratch: empty when they hold, else what broke.
+  // O(blocks + table entries); tests call it after every operation, and so does every mutating
+  // call when CHUNKWISE_KV_CHECKS is on.
+  [[nodiscard]] std::string check_invariants() const {
+    if (!pool_.invariants_hold()) return "block pool: free/cached/in-use accounting broken";
+    std::vector<int> refs(static_cast<std::size_t>(pool_.total()), 0);
+    for (const auto& [id, s] : seqs_)
+      for (BlockId b : s.blocks) refs[static_cast<std::size_t>(b)]++;
+    std::vector<int> children(refs.size(), 0);
+    std::size_t indexed = 0;
+    int candidates = 0;
+    for (BlockId b = 0; b < pool_.total(); ++b) {
+      if (pool_.refcount(b) != refs[ui(b)])
+        return "block " + std::to_string(b) + ": refcount " + std::to_string(pool_.refcount(b)) +
+               " but held by " + std::to_string(refs[ui(b)]) + " sequence(s)";
+      if (pool_.indexed(b) != index_.contains(b))
+        return "block " + std::to_string(b) + ": index flag mismatch";
+      if (!index_.contains(b)) continue;
+      ++indexed;
+      const auto& n = index_.node(b);
+      if (n.depth > 0) {
+        auto up = index_.block_of(n.parent);
+        if (!up) return "block " + std::to_string(b) + ": indexed without its parent";
+        children[ui(*up)]++;
+      }
+    }
+    if (indexed != index_.size()) return "prefix index size mismatch";
+    for (BlockId b = 0; b < pool_.total(); ++b) {
+      if (!index_.contains(b)) continue;
+      if (index_.node(b).children != children[ui(b)])
+        return "block " + std::to_string(b) + ": child count wrong";
+      if (is_candidate(b)) ++candidates;
+    }
+    if (static_cast<std::size_t>(candidates) != policy_.num_candidates())
+      return "evictable count " + std::to_string(policy_.num_candidates()) + " but recount gives " +
+             std::to_string(candidates);
+    return {};
+  }
+
+ private:
+  struct Seq {
+    std::vector<BlockId> blocks;
+    std::vector<std::uint64_t> hashes;  // chain hash of each full block of the tokens seen so far
+    std::vector<int> swap_slots;
+    std::uint64_t root = 0;
+    int indexed = 0;  // leading full blocks already offered to the index
+    int priority = 0;
+    int demand_blocks = 0;  // leading hashes counted as demand
+  };
+
+  static const KvCacheConfig& validated(const KvCacheConfig& c) {
+    check(c.num_blocks > 0, ErrorCode::kInvalidArgument, "KV cache: num_blocks must be > 0");
+    check(c.block_size >= 1 && c.block_size <= 1024, ErrorCode::kInvalidArgument,
+          "KV cache: block_size must be in [1, 1024]");
+    check(c.host_cache_blocks >= 0 && c.swap_blocks >= 0, ErrorCode::kInvalidArgument,
+          "KV cache: host_cache_blocks and swap_blocks must be >= 0");
+    return c;
+  }
+  static std::size_t ui(int i) { return static_cast<std::size_t>(i); }
+  [[nodiscard]] int bs() const { return config_.block_size; }
+
+  Seq& seq(SeqId id) {
+    auto it = seqs_.find(id);
+    check(it != seqs_.end(), ErrorCode::kInvalidArgument, "unknown KV sequence " + std::to_string(id));
+    return it->second;
+  }
+  const Seq& seq(SeqId id) const { return const_cast<KvCache*>(this)->seq(id); }
+
+  std::span<const TokenId> block_tokens(std::span<const TokenId> tokens, int i) const {
+    return tokens.subspan(ui(i) * ui(bs()), ui(bs()));
+  }
+  static std::uint64_t parent_hash(const Seq& s, int i) { return i == 0 ? s.root : s.hashes[ui(i - 1)]; }
+  void extend_hashes(Seq& s, std::span<const TokenId> tokens, int n) {
+    while (static_cast<int>(s.hashes.size()) < n) {
+      const int i = static_cast<int>(s.hashes.size());
+      s.hashes.push_back(kv::block_hash(parent_hash(s, i), block_tokens(tokens, i)));
+    }
+  }
+
+  [[nodiscard]] bool is_candidate(BlockId b) const {
+    return pool_.refcount(b) == 0 && index_.contains(b) && index_.node(b).children == 0;
+  }
+  [[nodiscard]] BlockInfo info(BlockId b, double now_s) const {
+    const auto& n = index_.node(b);
+    BlockInfo i;
+    i.now_s = now_s;
+    i.depth = n.depth;
+    i.tokens = bs();
+    i.tokens_before = static_cast<std::int64_t>(n.depth) * bs();
+    i.hits = n.hits;
+    i.priority = n.priority;
+    auto d = demand_.find(n.hash);
+    i.demand = d == demand_.end() ? 0 : d->second;
+    i.bytes = transfer_.bytes_per_block;
+    return i;
+  }
+
+  void take_cached(Seq& s, BlockId b, double now_s) {
+    if (is_candidate(b)) policy_.on_pinned(b);
+    pool_.retain(b);
+    auto& n = index_.node(b);
+    n.hits++;
+    n.priority = std::max(n.priority, s.priority);
+    policy_.on_hit(b, info(b, now_s));
+    s.blocks.push_back(b);
+  }
+
+  // Offers block i of the sequence to the index; true when it was added.
+  bool index_block(Seq& s, int i, std::span<const TokenId> tokens, double now_s) {
+    const BlockId b = s.blocks[ui(i)];
+    if (pool_.indexed(b)) return false;  // shared with a fork that indexed it already
+    const std::uint64_t parent = parent_hash(s, i);
+    std::optional<BlockId> up = i > 0 ? index_.block_of(parent) : std::nullopt;
+    const bool up_was_candidate = up && is_candidate(*up);
+    if (index_.insert(b, s.hashes[ui(i)], parent, i, tokens) != kv::PrefixIndex::Insert::kAdded) return false;
+    pool_.mark_indexed(b);
+    index_.node(b).priority = s.priority;
+    policy_.on_cached(b, info(b, now_s));
+    if (up_was_candidate) policy_.on_pinned(*up);
+    return true;
+  }
+
+  void unref(BlockId b, double now_s) {
+    if (pool_.release(b) == 0 && is_candidate(b)) policy_.on_evictable(b, info(b, now_s));
+  }
+
+  std::optional<BlockId> allocate_one(double now_s) {
+    if (auto b = pool_.allocate()) return b;
+    if (!evict_one(now_s)) return std::nullopt;
+    return pool_.allocate();
+  }
+
+  bool evict_one(double now_s) {
+    const std::optional<BlockId> v = policy_.pick_victim(now_s);
+    if (!v) return false;
+    check(*v >= 0 && *v < pool_.total() && is_candidate(*v), ErrorCode::kInvalidArgument,
+          "eviction policy chose block " + std::to_string(*v) + ", which is not an unreferenced cached leaf");
+    const auto& n = index_.node(*v);
+    if (host_.capacity() > 0) {
+      host_.put(n.hash, n.parent, index_.tokens_of(*v),
+                [&](std::span<std::byte> dst) { transfer_.save(*v, dst); });
+      metrics_.host_saves++;
+    }
+    policy_.on_removed(*v);
+    const std::optional<BlockId> up = index_.remove(*v);
+    pool_.drop_cached(*v);
+    metrics_.evictions++;
+    if (up && is_candidate(*up)) policy_.on_evictable(*up, info(*up, now_s));
+    return true;
+  }
+
+  // Counts (delta = +1) or uncounts (-1) the sequence's prompt blocks as wanted, re-reporting
+  // cached candidates whose demand changed so that lifetime-aware policies can re-rank them.
+  void add_demand(const Seq& s, int delta, double now_s) {
+    for (int i = 0; i < s.demand_blocks; ++i) {
+      const std::uint64_t h = s.hashes[ui(i)];
+      auto it = demand_.try_emplace(h, 0).first;
+      it->second += delta;
+      if (it->second == 0) demand_.erase(it);
+      if (auto b = index_.block_of(h); b && is_candidate(*b)) policy_.on_evictable(*b, info(*b, now_s));
+    }
+  }
+
+  void debug_check() const {
+#if CHUNKWISE_KV_CHECKS
+    if (const std::string e = check_invariants(); !e.empty())
+      throw Error(ErrorCode::kInvalidArgument, "KV cache invariant broken: " + e);
+#endif
+  }
+
+  KvCacheConfig config_;
+  BlockPool pool_;
+  kv::PrefixIndex index_;
+  Eviction policy_;
+  KvTransfer transfer_;
+  kv::HostKvTier host_;
+  kv::HostBlockStore swap_;
+  std::unordered_map<SeqId, Seq> seqs_;
+  std::unordered_map<std::uint64_t, int> demand_;  // chain hash -> open requests containing it
+  KvMetrics metrics_;
+};
+
+}  // namespace chunkwise
