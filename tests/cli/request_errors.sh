@@ -27,6 +27,15 @@ check_one "zero max tokens" "max_new_tokens" run --model "$model" --prompt hi --
 check_one "past the context" "context-overflow" run --model "$model" --prompt hi --max-tokens 9000
 check_one "tiny KV budget" "kv-exhausted" run --model "$model" --prompt hi --max-tokens 100 --kv-mb 1
 printf '{"id": "a", "prompt": "hi", "max_tokens": 2}\n{"id": "b", "prompt": 3}\n' >"$tmp/bad.jsonl"
+printf '{"id": "a", "prompt": "hi", "max_tokens": 2}\n' >"$tmp/one.jsonl"
+check_one "unknown eviction policy" "eviction" batch --model "$model" --workload "$tmp/one.jsonl" --eviction fifo
+check_one "bad retention" "retention_s" batch --model "$model" --workload "$tmp/one.jsonl" --eviction priority \
+  --retention-s -1
+check_one "bad half-life" "half_life_s" batch --model "$model" --workload "$tmp/one.jsonl" --eviction cost-aware \
+  --half-life-s 0
+check_one "negative kv blocks" "kv-blocks" run --model "$model" --prompt hi --kv-blocks -3
+check_one "bad preemption" "preemption" run --model "$model" --prompt hi --preemption pause
+check_one "bad prefix-cache" "prefix-cache" run --model "$model" --prompt hi --prefix-cache maybe
 check_one "malformed workload line" "bad.jsonl:2" batch --model "$model" --workload "$tmp/bad.jsonl"
 
 cat >"$tmp/mixed.jsonl" <<'JSONL'
@@ -52,6 +61,9 @@ for k in ("requests", "prompt_tokens", "prompt_tokens_computed", "output_tokens"
           "ttft_s", "tbt_s", "peak_kv_blocks", "kv"):
     assert k in stats, k
 assert stats["requests"] == 4 and stats["requests_failed"] == 2
+for k in ("prefix_queries", "prefix_hit_tokens", "prefix_hit_rate", "evictions", "preemptions", "recomputed_tokens"):
+    assert k in stats["kv"], k
+assert stats["kv"]["prefix_queries"] == 2 and stats["policies"]["eviction"] == "lru"
 print("ok   mixed batch: bad requests reported, good ones completed")
 PY
 [[ $rc == 3 ]] || { echo "FAIL mixed batch exit code $rc (want 3: some requests failed)"; fail=1; }

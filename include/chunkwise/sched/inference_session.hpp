@@ -42,6 +42,7 @@ struct Sequence {
   int computed = 0;
   int high_water = 0;     // most tokens ever computed: positions below it computed again are recomputes
   bool admitted = false;  // admitted at least once (its prefix-cache hit is counted then)
+  bool running = false;   // holds KV on the device and is in the running list
   std::vector<TokenId> stops;
   RequestTimings timings;
   int prompt_tokens_computed = 0;
@@ -116,7 +117,8 @@ class InferenceSession {
   // its KV blocks; the first write into a shared block copies it. For parallel sampling: give
   // the fork its own sampling parameters (seed). Returns the fork's id.
   RequestId fork(RequestId parent, SamplingParams sampling, std::string label) {
-    check(std::find(running_.begin(), running_.end(), parent) != running_.end(), ErrorCode::kInvalidArgument,
+    auto found = seqs_.find(parent);
+    check(found != seqs_.end() && found->second.running, ErrorCode::kInvalidArgument,
           "fork: request " + std::to_string(parent) + " is not running");
     validate(sampling);
     const detail::Sequence& p = seqs_.at(parent);
@@ -130,6 +132,7 @@ class InferenceSession {
     s.computed = p.computed;
     s.high_water = p.computed;
     s.admitted = true;
+    s.running = true;
     s.stops = p.stops;
     s.timings.submitted_s = now();
     s.timings.first_token_s = s.timings.submitted_s;  // its generated tokens so far came with it
@@ -174,11 +177,11 @@ class InferenceSession {
     batch.query_start.push_back(0);
     batch.page_start.push_back(0);
     std::vector<detail::Sequence*> sampled, computed_now;
+    bool any_admitted = false;
     const double t_plan = now();
     for (const ScheduledChunk& c : plan.chunks) {
       detail::Sequence& s = seqs_.at(c.id);
-      auto waiting = std::find(waiting_.begin(), waiting_.end(), c.id);
-      const bool admitting = waiting != waiting_.end();
+      const bool admitting = !s.running;
       int n = c.num_tokens;
       if (admitting) {
         s.computed = kv_.match(s.id, s.tokens, t_plan);
@@ -202,9 +205,9 @@ class InferenceSession {
         }
       }
       if (admitting) {
-        waiting_.erase(waiting);
         running_.push_back(c.id);
-        s.admitted = true;
+        s.admitted = s.running = true;
+        any_admitted = true;
       }
       append_chunk(batch, s, n, result);
       computed_now.push_back(&s);
@@ -213,6 +216,10 @@ class InferenceSession {
         sampled.push_back(&s);
       }
     }
+    if (any_admitted)
+      waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
+                                    [&](RequestId id) { return seqs_.at(id).running; }),
+                     waiting_.end());
     metrics_.kv_blocks_peak = std::max(metrics_.kv_blocks_peak, kv_.pool().in_use());
     if (batch.tokens.empty()) {  // everything planned was cut: memory is pinned; try again next step
       result.kv = kv_.usage();
@@ -245,6 +252,10 @@ class InferenceSession {
       }
     }
 
+    if (result.finished > 0)
+      running_.erase(
+          std::remove_if(running_.begin(), running_.end(), [&](RequestId id) { return !seqs_.contains(id); }),
+          running_.end());
     result.rows = static_cast<int>(batch.tokens.size());
     result.sequences = static_cast<int>(batch.kv_len.size());
     result.seconds = t1 - t0;
@@ -348,6 +359,7 @@ class InferenceSession {
         waiting_.insert(waiting_.begin(), id);
       } else {
         running_.push_back(id);
+        seqs_.at(id).running = true;
       }
       swapped_.pop_front();
     }
@@ -373,6 +385,7 @@ class InferenceSession {
       const RequestId id = *victim;
       running_.erase(victim);
       detail::Sequence& s = seqs_.at(id);
+      s.running = false;
       s.preemptions++;
       metrics_.preemptions++;
       if (config_.preemption == Preemption::kSwap && kv_.swap_out(id, now())) {
@@ -414,11 +427,12 @@ class InferenceSession {
     };
     int tokens = 0, blocks = 0;
     std::unordered_set<RequestId> seen;
+    std::unordered_map<RequestId, const SequenceView*> by_id;
+    for (auto list : {view.running, view.waiting})
+      for (const SequenceView& v : list) by_id.emplace(v.id, &v);
     auto find = [&](RequestId id) -> const SequenceView* {
-      for (auto list : {view.running, view.waiting})
-        for (const SequenceView& v : list)
-          if (v.id == id) return &v;
-      return nullptr;
+      auto it = by_id.find(id);
+      return it == by_id.end() ? nullptr : it->second;
     };
     for (const ScheduledChunk& c : plan.chunks) {
       const SequenceView* found = find(c.id);
@@ -451,8 +465,7 @@ class InferenceSession {
     f.prompt_tokens_computed = s.prompt_tokens_computed;
     f.prompt_tokens_cached = s.prompt_tokens_cached;
     f.preemptions = s.preemptions;
-    kv_.close(s.id, s.timings.finished_s);
-    running_.erase(std::remove(running_.begin(), running_.end(), s.id), running_.end());
+    kv_.close(s.id, s.timings.finished_s);  // the caller takes it out of the running list
     if (reason != FinishReason::kCancelled) metrics_.requests_finished++;
     finished_.push_back(std::move(f));
     seqs_.erase(s.id);
