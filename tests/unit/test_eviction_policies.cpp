@@ -42,6 +42,7 @@ struct FakeClock {
   void advance(double dt) { now += dt; }
   [[nodiscard]] BlockInfo stamp(BlockInfo info) const {
     info.now_s = now;
+    info.last_use_s = now;
     return info;
   }
 };
@@ -137,9 +138,9 @@ TEMPLATE_TEST_CASE("every eviction policy tracks its candidate set", "[eviction]
 TEST_CASE("LRU evicts the block released longest ago first", "[eviction]") {
   LruEviction lru;
   // Reported out of time order: the rank is the release time, not the order of the reports.
-  lru.on_evictable(30, {.now_s = 3.0, .depth = 0});
-  lru.on_evictable(10, {.now_s = 1.0, .depth = 0});
-  lru.on_evictable(20, {.now_s = 2.0, .depth = 0});
+  lru.on_evictable(30, {.now_s = 3.0, .last_use_s = 3.0, .depth = 0});
+  lru.on_evictable(10, {.now_s = 1.0, .last_use_s = 1.0, .depth = 0});
+  lru.on_evictable(20, {.now_s = 2.0, .last_use_s = 2.0, .depth = 0});
   CHECK(lru.num_candidates() == 3);
   CHECK(drain(lru, 10.0) == std::vector<BlockId>{10, 20, 30});
 }
@@ -212,7 +213,7 @@ TEST_CASE("LRU agrees with a brute-force reference under random traffic", "[evic
     if (op < 55) {
       const double t = time_dist(rng);
       const int depth = depth_dist(rng);
-      lru.on_evictable(b, {.now_s = t, .depth = depth});
+      lru.on_evictable(b, {.now_s = t, .last_use_s = t, .depth = depth});
       ref[b] = {t, depth};
     } else if (op < 80) {
       lru.on_pinned(b);
@@ -407,14 +408,14 @@ TEST_CASE("cost-aware value is frequency times recompute cost per byte", "[evict
 TEST_CASE("cost-aware frequency halves every half-life", "[eviction]") {
   CostAwareEviction p(/*half_life_s=*/10.0);
   CHECK(p.frequency(1, 0.0) == 0.0);  // unknown block
-  p.on_cached(1, {.now_s = 0.0, .tokens = 16});
+  p.on_cached(1, {.now_s = 0.0, .last_use_s = 0.0, .tokens = 16});
   CHECK(p.frequency(1, 0.0) == Approx(1.0));
   CHECK(p.frequency(1, 10.0) == Approx(0.5));
   CHECK(p.frequency(1, 20.0) == Approx(0.25));
   CHECK(p.frequency(1, 5.0) == Approx(1.0 / std::sqrt(2.0)));
-  p.on_hit(1, {.now_s = 0.0, .tokens = 16});
+  p.on_hit(1, {.now_s = 0.0, .last_use_s = 0.0, .tokens = 16});
   CHECK(p.frequency(1, 0.0) == Approx(2.0));
-  p.on_hit(1, {.now_s = 10.0, .tokens = 16});  // 2 * 1/2 + 1
+  p.on_hit(1, {.now_s = 10.0, .last_use_s = 10.0, .tokens = 16});  // 2 * 1/2 + 1
   CHECK(p.frequency(1, 10.0) == Approx(2.0));
   CHECK(p.frequency(1, 20.0) == Approx(1.0));
   CHECK(p.frequency(1, 30.0) == Approx(0.5));
@@ -422,7 +423,7 @@ TEST_CASE("cost-aware frequency halves every half-life", "[eviction]") {
   // Removal forgets the history: cached again, it starts from one use.
   p.on_removed(1);
   CHECK(p.frequency(1, 10.0) == 0.0);
-  p.on_cached(1, {.now_s = 40.0, .tokens = 16});
+  p.on_cached(1, {.now_s = 40.0, .last_use_s = 40.0, .tokens = 16});
   CHECK(p.frequency(1, 40.0) == Approx(1.0));
 }
 
@@ -553,8 +554,8 @@ TEST_CASE("priority eviction falls back to a non-zero default priority", "[evict
 
 TEST_CASE("priority eviction with infinite retention keeps priorities forever", "[eviction]") {
   PriorityEviction p(/*retention_s=*/kInf);
-  p.on_evictable(1, {.now_s = 0.0, .priority = 5});
-  p.on_evictable(2, {.now_s = 1e6, .priority = 0});
+  p.on_evictable(1, {.now_s = 0.0, .last_use_s = 0.0, .priority = 5});
+  p.on_evictable(2, {.now_s = 1e6, .last_use_s = 1e6, .priority = 0});
   CHECK(victim(p, 1e9) == 2);
   CHECK(victim(p, 1e300) == 2);
   CHECK(drain(p, 1e300) == std::vector<BlockId>{2, 1});

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 namespace chunkwise {
 
@@ -57,6 +58,14 @@ class Error : public std::runtime_error {
 // Throws Error(code, message) when cond is false; keeps validation one line at the call site.
 inline void check(bool cond, ErrorCode code, std::string_view message) {
   if (!cond) throw Error(code, std::string(message));
+}
+
+// The same with a message built only on failure, for checks on hot paths.
+template <class MakeMessage>
+requires std::is_invocable_r_v<std::string, MakeMessage>
+inline void check(bool cond, ErrorCode code, MakeMessage&& make_message) {
+  if (!cond) [[unlikely]]
+    throw Error(code, make_message());
 }
 
 }  // namespace chunkwise

@@ -45,7 +45,7 @@ class BlockPool {
   void retain(BlockId b) {
     const std::size_t i = index(b);
     check(refcount_[i] > 0 || indexed_[i] != 0, ErrorCode::kInvalidArgument,
-          "retain of a free KV block " + std::to_string(b));
+          [&] { return "retain of a free KV block " + std::to_string(b); });
     if (refcount_[i]++ == 0) --cached_;
   }
 
@@ -105,7 +105,7 @@ class BlockPool {
   }
   [[nodiscard]] std::size_t index(BlockId b) const {
     check(b >= 0 && static_cast<std::size_t>(b) < refcount_.size(), ErrorCode::kInvalidArgument,
-          "KV block id " + std::to_string(b) + " out of range");
+          [&] { return "KV block id " + std::to_string(b) + " out of range"; });
     return static_cast<std::size_t>(b);
   }
 

@@ -53,7 +53,7 @@ class KvCache {
         pool_(config.num_blocks),
         index_(config.num_blocks, config.block_size),
         policy_(std::move(policy)),
-        transfer_(std::move(transfer)),
+        transfer_(validated(std::move(transfer), config)),
         host_(config.host_cache_blocks, transfer_.bytes_per_block),
         swap_(config.swap_blocks, transfer_.bytes_per_block) {}
 
@@ -62,7 +62,7 @@ class KvCache {
   // A request enters with its prompt; until close() its full prompt blocks count as demand.
   void open(SeqId id, std::span<const TokenId> prompt, std::string_view salt, int priority, double now_s) {
     check(!seqs_.contains(id), ErrorCode::kInvalidArgument,
-          "KV sequence " + std::to_string(id) + " already open");
+          [&] { return "KV sequence " + std::to_string(id) + " already open"; });
     Seq& s = seqs_[id];
     s.root = kv::root_hash(salt);
     s.priority = priority;
@@ -85,7 +85,7 @@ class KvCache {
   // A new sequence that shares every block of `parent` (its tokens are the parent's too).
   void fork(SeqId parent, SeqId child, double now_s) {
     check(!seqs_.contains(child), ErrorCode::kInvalidArgument,
-          "KV sequence " + std::to_string(child) + " already open");
+          [&] { return "KV sequence " + std::to_string(child) + " already open"; });
     const Seq& p = seq(parent);
     check(p.swap_slots.empty(), ErrorCode::kInvalidArgument, "cannot fork a swapped-out sequence");
     Seq s = p;
@@ -130,9 +130,11 @@ class KvCache {
     for (; i < limit && host_.capacity() > 0; ++i) {
       auto bytes = host_.find(s.hashes[ui(i)], parent_hash(s, i), block_tokens(tokens, i));
       if (!bytes) break;
+      // Allocating may evict a device block into the host tier, which may reuse this slot.
+      host_scratch_.assign(bytes->begin(), bytes->end());
       auto b = allocate_one(now_s);
       if (!b) break;
-      transfer_.load(*b, *bytes);
+      transfer_.load(*b, host_scratch_);
       s.blocks.push_back(*b);
       index_block(s, i, block_tokens(tokens, i), now_s);  // its parent is the block before: it rejoins
       metrics_.host_hit_tokens += bs();
@@ -182,7 +184,12 @@ class KvCache {
     if (!config_.prefix_caching) return;
     const int full = std::min(computed / bs(), static_cast<int>(s.blocks.size()));
     extend_hashes(s, tokens, full);
-    for (int i = s.indexed; i < full; ++i) index_block(s, i, block_tokens(tokens, i), now_s);
+    // A table is an indexed chain followed by private blocks; the chain grows in order and
+    // stops for good where it cannot (a hash collision).
+    for (int i = s.indexed; i < full && !s.chain_ended; ++i)
+      if (!index_block(s, i, block_tokens(tokens, i), now_s) &&
+          !adopt_indexed(s, i, block_tokens(tokens, i), now_s))
+        s.chain_ended = true;
     s.indexed = std::max(s.indexed, full);
     debug_check();
   }
@@ -193,6 +200,7 @@ class KvCache {
     for (auto it = s.blocks.rbegin(); it != s.blocks.rend(); ++it) unref(*it, now_s);
     s.blocks.clear();
     s.indexed = 0;
+    s.chain_ended = false;
     debug_check();
   }
 
@@ -318,6 +326,12 @@ class KvCache {
       if (index_.node(b).children != children[ui(b)])
         return "block " + std::to_string(b) + ": child count wrong";
       if (is_candidate(b)) ++candidates;
+      // A referenced block's ancestors are referenced too, so every cached block can be evicted.
+      if (pool_.refcount(b) > 0 && index_.node(b).depth > 0) {
+        const BlockId up = *index_.block_of(index_.node(b).parent);
+        if (pool_.refcount(up) == 0)
+          return "cached block " + std::to_string(up) + " is pinned by referenced child " + std::to_string(b);
+      }
     }
     if (static_cast<std::size_t>(candidates) != policy_.num_candidates())
       return "evictable count " + std::to_string(policy_.num_candidates()) + " but recount gives " +
@@ -331,7 +345,8 @@ class KvCache {
     std::vector<std::uint64_t> hashes;  // chain hash of each full block of the tokens seen so far
     std::vector<int> swap_slots;
     std::uint64_t root = 0;
-    int indexed = 0;  // leading full blocks already offered to the index
+    int indexed = 0;           // leading full blocks already offered to the index
+    bool chain_ended = false;  // a block could neither join nor adopt the index (collision)
     int priority = 0;
     int demand_blocks = 0;  // leading hashes counted as demand
   };
@@ -344,12 +359,21 @@ class KvCache {
           "KV cache: host_cache_blocks and swap_blocks must be >= 0");
     return c;
   }
+  static KvTransfer validated(KvTransfer t, const KvCacheConfig& c) {
+    check(t.bytes_per_block > 0 || (c.host_cache_blocks == 0 && c.swap_blocks == 0),
+          ErrorCode::kInvalidArgument,
+          "KV cache: a host tier or swap space needs a transfer with bytes_per_block > 0");
+    check(t.copy && t.save && t.load, ErrorCode::kInvalidArgument,
+          "KV cache: the transfer needs copy, save and load");
+    return t;
+  }
   static std::size_t ui(int i) { return static_cast<std::size_t>(i); }
   [[nodiscard]] int bs() const { return config_.block_size; }
 
   Seq& seq(SeqId id) {
     auto it = seqs_.find(id);
-    check(it != seqs_.end(), ErrorCode::kInvalidArgument, "unknown KV sequence " + std::to_string(id));
+    check(it != seqs_.end(), ErrorCode::kInvalidArgument,
+          [&] { return "unknown KV sequence " + std::to_string(id); });
     return it->second;
   }
   const Seq& seq(SeqId id) const { return const_cast<KvCache*>(this)->seq(id); }
@@ -372,6 +396,7 @@ class KvCache {
     const auto& n = index_.node(b);
     BlockInfo i;
     i.now_s = now_s;
+    i.last_use_s = n.last_use_s;
     i.depth = n.depth;
     i.tokens = bs();
     i.tokens_before = static_cast<std::int64_t>(n.depth) * bs();
@@ -388,6 +413,7 @@ class KvCache {
     pool_.retain(b);
     auto& n = index_.node(b);
     n.hits++;
+    n.last_use_s = now_s;
     n.priority = std::max(n.priority, s.priority);
     policy_.on_hit(b, info(b, now_s));
     s.blocks.push_back(b);
@@ -399,17 +425,48 @@ class KvCache {
     if (pool_.indexed(b)) return false;  // shared with a fork that indexed it already
     const std::uint64_t parent = parent_hash(s, i);
     std::optional<BlockId> up = i > 0 ? index_.block_of(parent) : std::nullopt;
+    if (i > 0 && up != s.blocks[ui(i - 1)]) return false;  // only below its own chain
     const bool up_was_candidate = up && is_candidate(*up);
     if (index_.insert(b, s.hashes[ui(i)], parent, i, tokens) != kv::PrefixIndex::Insert::kAdded) return false;
     pool_.mark_indexed(b);
     index_.node(b).priority = s.priority;
+    index_.node(b).last_use_s = now_s;
     policy_.on_cached(b, info(b, now_s));
     if (up_was_candidate) policy_.on_pinned(*up);
     return true;
   }
 
+  // Block i of s holds the same tokens as an indexed block (computed twice at once, or swapped
+  // back in): every sequence holding it there (s and its forks) switches to the indexed copy, and
+  // the duplicate is freed. Tables then follow the index chain: a referenced block's ancestors
+  // are referenced, no cached block is pinned, and every cached block can really be evicted
+  // (available() is exact). False when there is no such copy (a hash collision).
+  bool adopt_indexed(Seq& s, int i, std::span<const TokenId> tokens, double now_s) {
+    const BlockId own = s.blocks[ui(i)];
+    if (pool_.indexed(own)) return true;  // a fork indexed this very block
+    const auto b = index_.find(s.hashes[ui(i)], parent_hash(s, i), tokens);
+    if (!b) return false;
+    if (is_candidate(*b)) policy_.on_pinned(*b);
+    index_.node(*b).last_use_s = now_s;
+    auto switch_over = [&](Seq& t) {
+      pool_.retain(*b);
+      t.blocks[ui(i)] = *b;
+      unref(own, now_s);
+    };
+    if (pool_.refcount(own) == 1) {
+      switch_over(s);
+      return true;
+    }
+    for (auto& [id, t] : seqs_)  // rare: a duplicate shared with forks
+      if (static_cast<int>(t.blocks.size()) > i && t.blocks[ui(i)] == own) switch_over(t);
+    return true;
+  }
+
   void unref(BlockId b, double now_s) {
-    if (pool_.release(b) == 0 && is_candidate(b)) policy_.on_evictable(b, info(b, now_s));
+    if (pool_.release(b) == 0 && pool_.indexed(b)) {
+      index_.node(b).last_use_s = now_s;
+      if (is_candidate(b)) policy_.on_evictable(b, info(b, now_s));
+    }
   }
 
   std::optional<BlockId> allocate_one(double now_s) {
@@ -421,8 +478,10 @@ class KvCache {
   bool evict_one(double now_s) {
     const std::optional<BlockId> v = policy_.pick_victim(now_s);
     if (!v) return false;
-    check(*v >= 0 && *v < pool_.total() && is_candidate(*v), ErrorCode::kInvalidArgument,
-          "eviction policy chose block " + std::to_string(*v) + ", which is not an unreferenced cached leaf");
+    check(*v >= 0 && *v < pool_.total() && is_candidate(*v), ErrorCode::kInvalidArgument, [&] {
+      return "eviction policy chose block " + std::to_string(*v) +
+             ", which is not an unreferenced cached leaf";
+    });
     const auto& n = index_.node(*v);
     if (host_.capacity() > 0) {
       host_.put(n.hash, n.parent, index_.tokens_of(*v),
@@ -466,6 +525,7 @@ class KvCache {
   std::unordered_map<SeqId, Seq> seqs_;
   std::unordered_map<std::uint64_t, int> demand_;  // chain hash -> open requests containing it
   KvMetrics metrics_;
+  std::vector<std::byte> host_scratch_;  // a host-tier block on its way back to the device
 };
 
 }  // namespace chunkwise

@@ -26,6 +26,7 @@ class PrefixIndex {
     int children = 0;
     std::int64_t hits = 0;
     int priority = 0;
+    double last_use_s = 0;  // inserted, hit, or released by its last holder
     bool present = false;
   };
   enum class Insert { kAdded, kDuplicate, kOrphan };
@@ -67,7 +68,7 @@ class PrefixIndex {
     }
     Node& n = node(b);
     check(!n.present, ErrorCode::kInvalidArgument, "KV block already in the prefix index");
-    n = Node{hash, parent, depth, 0, 0, 0, true};
+    n = Node{hash, parent, depth, 0, 0, 0, 0.0, true};
     std::copy(tokens.begin(), tokens.end(), tokens_of_mut(b).begin());
     by_hash_.emplace(hash, b);
     if (up) ++node(*up).children;

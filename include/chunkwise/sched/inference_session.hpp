@@ -58,7 +58,8 @@ struct Sequence {
                         generated(),
                         request.max_new_tokens,
                         request.priority,
-                        timings.submitted_s};
+                        timings.submitted_s,
+                        tokens};
   }
 };
 
@@ -414,7 +415,8 @@ class InferenceSession {
     }
     const SchedulerView view{
         views_running_, views_waiting_,
-        Budgets{config_.max_batch_tokens, config_.max_sequences, kv_.available(), config_.block_size}};
+        Budgets{config_.max_batch_tokens, config_.max_sequences, kv_.available(), config_.block_size,
+                backend_.num_blocks()}};
     StepPlan plan = batching_.plan(view);
     check_plan(plan, view);
     return plan;

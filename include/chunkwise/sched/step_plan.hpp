@@ -17,8 +17,9 @@ struct SequenceView {
   int computed = 0;   // tokens whose KV is in the cache
   int generated = 0;
   int max_new_tokens = 0;
-  int priority = 0;
+  int priority = 0;  // higher goes first where a policy orders by it
   double submitted_s = 0;
+  std::span<const TokenId> tokens;  // prompt, then generated (prefix grouping reads them)
   [[nodiscard]] int uncomputed() const { return total_len - computed; }
   [[nodiscard]] bool is_decode() const { return generated > 0 && uncomputed() == 1; }
 };
@@ -26,8 +27,9 @@ struct SequenceView {
 struct Budgets {
   int max_batch_tokens = 0;  // tokens in one forward pass
   int max_sequences = 0;     // sequences in one forward pass
-  int free_blocks = 0;       // KV blocks a plan may newly allocate
+  int free_blocks = 0;       // KV blocks a plan may newly allocate (free + evictable cached)
   int block_size = 16;
+  int total_blocks = 0;      // KV blocks in the pool
 };
 
 struct SchedulerView {

@@ -9,6 +9,7 @@ namespace chunkwise {
 
 struct BlockInfo {
   double now_s = 0;                // time of the event being reported
+  double last_use_s = 0;           // when it was last inserted, hit or released (<= now_s)
   int depth = 0;                   // index of the block in its prefix chain (0 = first block)
   int tokens = 0;                  // tokens the block holds
   std::int64_t tokens_before = 0;  // tokens before it in its chain (what attention reads again)

@@ -16,8 +16,7 @@ class LruEviction {
  public:
   void on_cached(BlockId /*b*/, const BlockInfo& /*info*/) {}
   void on_hit(BlockId /*b*/, const BlockInfo& /*info*/) {}
-  // The release time is the last use: a candidate is ranked when it becomes one.
-  void on_evictable(BlockId b, const BlockInfo& info) { candidates_.put(b, {info.now_s, -info.depth}); }
+  void on_evictable(BlockId b, const BlockInfo& info) { candidates_.put(b, {info.last_use_s, -info.depth}); }
   void on_pinned(BlockId b) { candidates_.erase(b); }
   void on_removed(BlockId b) { candidates_.erase(b); }
   [[nodiscard]] std::optional<BlockId> pick_victim(double /*now_s*/) { return candidates_.first(); }

@@ -19,7 +19,7 @@ class PrefixLifetimeEviction {
   void on_cached(BlockId /*b*/, const BlockInfo& /*info*/) {}
   void on_hit(BlockId /*b*/, const BlockInfo& /*info*/) {}
   void on_evictable(BlockId b, const BlockInfo& info) {
-    candidates_.put(b, {info.demand, info.now_s, -info.depth});
+    candidates_.put(b, {info.demand, info.last_use_s, -info.depth});
   }
   void on_pinned(BlockId b) { candidates_.erase(b); }
   void on_removed(BlockId b) { candidates_.erase(b); }

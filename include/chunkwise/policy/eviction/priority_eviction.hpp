@@ -31,8 +31,8 @@ class PriorityEviction {
   void on_evictable(BlockId b, const BlockInfo& info) {
     forget_expiry(b);
     const bool retained = info.priority != default_priority_ && retention_s_ > 0;
-    candidates_.put(b, {retained ? info.priority : default_priority_, info.now_s, -info.depth});
-    if (retained) expiry_.emplace(info.now_s + retention_s_, b);
+    candidates_.put(b, {retained ? info.priority : default_priority_, info.last_use_s, -info.depth});
+    if (retained) expiry_.emplace(info.last_use_s + retention_s_, b);
   }
   void on_pinned(BlockId b) { on_removed(b); }
   void on_removed(BlockId b) {
