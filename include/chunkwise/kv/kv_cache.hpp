@@ -150,15 +150,15 @@ class KvCache {
   [[nodiscard]] std::optional<OutOfKvMemory> reserve(SeqId id, int from, int end, double now_s) {
     Seq& s = seq(id);
     check(from >= 0 && from <= end, ErrorCode::kInvalidArgument, "bad KV reserve range");
-    const int have = static_cast<int>(s.blocks.size());
     const int first = from / bs();
-    const bool cow = first < have && pool_.refcount(s.blocks[ui(first)]) > 1;
-    const int needed = blocks_to_write(id, from, end);
+    const bool cow = shared_at(s, first);
+    const int needed = blocks_to_write(s, from, end);
+    if (needed == 0) return std::nullopt;  // most decode steps: the last block has room
     if (needed > available()) return OutOfKvMemory{needed, available()};
     std::vector<BlockId> got;
     for (int k = 0; k < needed; ++k) {
       auto b = allocate_one(now_s);
-      if (!b) {  // cached blocks pinned by referenced descendants: give back and report
+      if (!b) {  // a policy that finds no victim among cached blocks: give back and report
         for (BlockId g : got) pool_.release(g);
         return OutOfKvMemory{needed, k};
       }
@@ -180,9 +180,10 @@ class KvCache {
 
   // After a forward pass computed tokens [0, computed): index the blocks that are now full.
   void commit(SeqId id, std::span<const TokenId> tokens, int computed, double now_s) {
-    Seq& s = seq(id);
     if (!config_.prefix_caching) return;
+    Seq& s = seq(id);
     const int full = std::min(computed / bs(), static_cast<int>(s.blocks.size()));
+    if (full <= s.indexed || s.chain_ended) return;  // no block filled up: most decode steps
     extend_hashes(s, tokens, full);
     // A table is an indexed chain followed by private blocks; the chain grows in order and
     // stops for good where it cannot (a hash collision).
@@ -245,11 +246,7 @@ class KvCache {
 
   // Blocks reserve(id, from, end) would take: new ones plus a copy of a shared block at `from`.
   [[nodiscard]] int blocks_to_write(SeqId id, int from, int end) const {
-    const Seq& s = seq(id);
-    const int have = static_cast<int>(s.blocks.size());
-    const int first = from / bs();
-    const bool cow = first < have && pool_.refcount(s.blocks[ui(first)]) > 1;
-    return std::max(0, (end + bs() - 1) / bs() - have) + (cow ? 1 : 0);
+    return blocks_to_write(seq(id), from, end);
   }
 
   // ---- cache -----------------------------------------------------------------------------
@@ -389,6 +386,14 @@ class KvCache {
     }
   }
 
+  [[nodiscard]] bool shared_at(const Seq& s, int i) const {
+    return i < static_cast<int>(s.blocks.size()) && pool_.refcount(s.blocks[ui(i)]) > 1;
+  }
+  [[nodiscard]] int blocks_to_write(const Seq& s, int from, int end) const {
+    const int grow = std::max(0, (end + bs() - 1) / bs() - static_cast<int>(s.blocks.size()));
+    return grow + (shared_at(s, from / bs()) ? 1 : 0);
+  }
+
   [[nodiscard]] bool is_candidate(BlockId b) const {
     return pool_.refcount(b) == 0 && index_.contains(b) && index_.node(b).children == 0;
   }
@@ -424,15 +429,13 @@ class KvCache {
     const BlockId b = s.blocks[ui(i)];
     if (pool_.indexed(b)) return false;  // shared with a fork that indexed it already
     const std::uint64_t parent = parent_hash(s, i);
-    std::optional<BlockId> up = i > 0 ? index_.block_of(parent) : std::nullopt;
-    if (i > 0 && up != s.blocks[ui(i - 1)]) return false;  // only below its own chain
-    const bool up_was_candidate = up && is_candidate(*up);
+    // Only below the sequence's own chain: its parent is then referenced (by s), never a candidate.
+    if (i > 0 && index_.block_of(parent) != s.blocks[ui(i - 1)]) return false;
     if (index_.insert(b, s.hashes[ui(i)], parent, i, tokens) != kv::PrefixIndex::Insert::kAdded) return false;
     pool_.mark_indexed(b);
     index_.node(b).priority = s.priority;
     index_.node(b).last_use_s = now_s;
     policy_.on_cached(b, info(b, now_s));
-    if (up_was_candidate) policy_.on_pinned(*up);
     return true;
   }
 
