@@ -4,17 +4,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <thread>
 
-#include "chunkwise/policy/eviction/cost_aware_eviction.hpp"
-#include "chunkwise/policy/eviction/lru_eviction.hpp"
-#include "chunkwise/policy/eviction/prefix_lifetime_eviction.hpp"
-#include "chunkwise/policy/eviction/priority_eviction.hpp"
-#include "chunkwise/sched/inference_session.hpp"
+#include "chunkwise/core/error.hpp"
+#include "chunkwise/sched/engine.hpp"
 #include "chunkwise/sched/workload.hpp"
 #include "commands.hpp"
 
@@ -51,16 +50,57 @@ void progress(std::size_t done, std::size_t total, std::int64_t tokens, double s
   std::fflush(stderr);
 }
 
-// One run of the workload with the eviction policy fixed at compile time.
-template <class Eviction>
-int run_batch(const Args& args, const std::vector<WorkloadItem>& items,
-              const std::shared_ptr<const Model>& model, SessionConfig config, Eviction eviction,
-              const char* eviction_name, long long show) {
+// Poisson arrivals at `rate` requests per second in workload order (online serving mode).
+void poisson_arrivals(std::vector<WorkloadItem>& items, double rate, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::exponential_distribution<double> gap(rate);
+  double t = 0;
+  for (WorkloadItem& item : items) {
+    item.arrival_s = t;
+    t += gap(rng);
+  }
+}
+
+}  // namespace
+
+int cmd_batch(const std::vector<std::string>& argv) {
+  std::set<std::string> options = kCommonOptions;
+  options.insert({"workload", "out", "stats-json", "show", "max-batch-tokens", "max-seqs", "batching",
+                  "token-budget", "eviction", "retention-s", "half-life-s", "poisson-rate", "arrival-seed",
+                  "slo-ttft", "slo-tbt"});
+  const Args args(argv, options, {"no-progress"});
+  std::vector<WorkloadItem> items = read_workload(args.required("workload"));
+  const long long show = args.integer("show", 3);
+  check(show >= 0, ErrorCode::kInvalidArgument, "--show must be >= 0");
+  if (args.get("poisson-rate")) {
+    const double rate = args.number("poisson-rate", 1.0);
+    check(rate > 0 && std::isfinite(rate), ErrorCode::kInvalidArgument, "--poisson-rate must be > 0");
+    poisson_arrivals(items, rate, static_cast<std::uint64_t>(args.integer("arrival-seed", 0)));
+  }
+  const double slo_ttft = args.number("slo-ttft", 0.0);
+  const double slo_tbt = args.number("slo-tbt", 0.0);
+  check(slo_ttft >= 0 && slo_tbt >= 0, ErrorCode::kInvalidArgument, "--slo-ttft and --slo-tbt must be >= 0");
+
+  EngineConfig ec;
+  ec.session = session_config_from_args(args);
+  ec.session.max_batch_tokens =
+      static_cast<int>(args.integer("max-batch-tokens", ec.session.max_batch_tokens));
+  ec.session.max_sequences = static_cast<int>(args.integer("max-seqs", ec.session.max_sequences));
+  ec.batching = args.str("batching", ec.batching);
+  const long long budget = args.integer("token-budget", 0);
+  check(budget >= 0 && budget <= (1 << 20), ErrorCode::kInvalidArgument,
+        "--token-budget must be in [0, 2^20]");
+  ec.token_budget = static_cast<int>(budget);
+  ec.eviction = args.str("eviction", ec.eviction);
+  ec.retention_s = args.number("retention-s", ec.retention_s);
+  ec.half_life_s = args.number("half-life-s", ec.half_life_s);
   const auto start = std::chrono::steady_clock::now();
-  config.clock = [start] {
+  ec.session.clock = [start] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  InferenceSession<ContinuousBatching, Eviction> session(model, config, {}, std::move(eviction));
+  auto model = load_model_from_args(args);
+  Engine session(model, ec);
+  const SessionConfig& config = ec.session;
 
   // Submit in arrival order; the workload's own order is kept for the results file.
   std::vector<std::size_t> order(items.size());
@@ -104,6 +144,7 @@ int run_batch(const Args& args, const std::vector<WorkloadItem>& items,
   // Per-request results, in workload order.
   std::vector<double> ttft, tbt;
   std::int64_t prompt_tokens = 0, output_tokens = 0, computed = 0, errors = 0;
+  std::int64_t within_ttft = 0, within_tbt = 0, within_both = 0;
   std::ofstream out;
   if (auto path = args.get("out")) {
     out.open(*path);
@@ -126,6 +167,15 @@ int run_batch(const Args& args, const std::vector<WorkloadItem>& items,
       ttft.push_back(first);
       for (std::size_t t = 1; t < f.timings.token_s.size(); ++t)
         tbt.push_back(f.timings.token_s[t] - f.timings.token_s[t - 1]);
+      // SLOs per request: TTFT, and the mean gap between its tokens (time per output token).
+      const std::size_t n = f.timings.token_s.size();
+      const double mean_gap =
+          n > 1 ? (f.timings.token_s[n - 1] - f.timings.token_s[0]) / static_cast<double>(n - 1) : 0;
+      const bool ttft_ok = slo_ttft <= 0 || first <= slo_ttft;
+      const bool tbt_ok = slo_tbt <= 0 || mean_gap <= slo_tbt;
+      within_ttft += ttft_ok ? 1 : 0;
+      within_tbt += tbt_ok ? 1 : 0;
+      within_both += ttft_ok && tbt_ok ? 1 : 0;
       prompt_tokens += static_cast<std::int64_t>(f.prompt_tokens.size());
       output_tokens += static_cast<std::int64_t>(f.output_tokens.size());
       computed += f.prompt_tokens_computed;
@@ -146,6 +196,12 @@ int run_batch(const Args& args, const std::vector<WorkloadItem>& items,
   const KvUsage usage = session.kv_usage();
   const double prefill_tps = m.prefill_s > 0 ? static_cast<double>(m.prefill_tokens) / m.prefill_s : 0;
   const double decode_tps = m.decode_s > 0 ? static_cast<double>(m.decode_tokens) / m.decode_s : 0;
+  const auto ran = static_cast<double>(std::max<std::int64_t>(1, static_cast<std::int64_t>(ttft.size())));
+  const json slo{{"ttft_s", slo_ttft},
+                 {"tbt_s", slo_tbt},
+                 {"ttft_attained", static_cast<double>(within_ttft) / ran},
+                 {"tbt_attained", static_cast<double>(within_tbt) / ran},
+                 {"attained", static_cast<double>(within_both) / ran}};
   const json stats{{"requests", items.size()},
                    {"requests_failed", errors},
                    {"prompt_tokens", prompt_tokens},
@@ -153,6 +209,7 @@ int run_batch(const Args& args, const std::vector<WorkloadItem>& items,
                    {"output_tokens", output_tokens},
                    {"wall_s", wall},
                    {"tokens_per_s", wall > 0 ? static_cast<double>(prompt_tokens + output_tokens) / wall : 0},
+                   {"output_tokens_per_s", wall > 0 ? static_cast<double>(output_tokens) / wall : 0},
                    {"prefill_tokens_per_s", prefill_tps},
                    {"decode_tokens_per_s", decode_tps},
                    {"ttft_s", percentiles(ttft)},
@@ -160,6 +217,7 @@ int run_batch(const Args& args, const std::vector<WorkloadItem>& items,
                    {"peak_kv_blocks", m.kv_blocks_peak},
                    {"steps", m.steps},
                    {"preemptions", m.preemptions},
+                   {"slo", slo},
                    {"kv",
                     {{"block_size", config.block_size},
                      {"total_blocks", m.kv_blocks_total},
@@ -180,8 +238,9 @@ int run_batch(const Args& args, const std::vector<WorkloadItem>& items,
                      {"blocks_cached", usage.cached},
                      {"blocks_in_use", usage.in_use}}},
                    {"policies",
-                    {{"batching", "continuous"},
-                     {"eviction", eviction_name},
+                    {{"batching", ec.batching},
+                     {"token_budget", session.config().token_budget},
+                     {"eviction", ec.eviction},
                      {"sparse", "dense"},
                      {"reuse", "prefix-only"}}},
                    {"model", model->source()},
@@ -216,48 +275,22 @@ int run_batch(const Args& args, const std::vector<WorkloadItem>& items,
               percentile(ttft, 99));
   std::printf("%-28s p50 %.4f s  p99 %.4f s\n", "time between tokens", percentile(tbt, 50),
               percentile(tbt, 99));
+  if (slo_ttft > 0 || slo_tbt > 0)
+    std::printf("%-28s %.1f%% of requests (TTFT <= %g s: %.1f%%, mean TBT <= %g s: %.1f%%)\n", "within SLO",
+                100.0 * slo["attained"].get<double>(), slo_ttft, 100.0 * slo["ttft_attained"].get<double>(),
+                slo_tbt, 100.0 * slo["tbt_attained"].get<double>());
   std::printf("%-28s %d of %d (block %d tokens)\n", "peak KV blocks", m.kv_blocks_peak, m.kv_blocks_total,
               config.block_size);
   std::printf("%-28s %s, %lld queries, %lld of %lld tokens hit (%.1f%%)\n", "prefix cache",
               config.prefix_caching ? "on" : "off", static_cast<long long>(kvm.prefix_queries),
               static_cast<long long>(kvm.prefix_hit_tokens), static_cast<long long>(kvm.prefix_query_tokens),
               100.0 * kvm.hit_rate());
-  std::printf("%-28s %s: %lld evictions, %lld from host tier\n", "eviction", eviction_name,
+  std::printf("%-28s %s: %lld evictions, %lld from host tier\n", "eviction", ec.eviction.c_str(),
               static_cast<long long>(kvm.evictions), static_cast<long long>(kvm.host_hit_tokens));
   std::printf("%-28s %lld (%lld swapped), %lld tokens recomputed\n", "preemptions",
               static_cast<long long>(m.preemptions), static_cast<long long>(m.swap_preemptions),
               static_cast<long long>(m.recomputed_tokens));
   return errors == 0 ? 0 : 3;
-}
-
-}  // namespace
-
-int cmd_batch(const std::vector<std::string>& argv) {
-  std::set<std::string> options = kCommonOptions;
-  options.insert({"workload", "out", "stats-json", "show", "max-batch-tokens", "max-seqs", "eviction",
-                  "retention-s", "half-life-s"});
-  const Args args(argv, options, {"no-progress"});
-  const std::vector<WorkloadItem> items = read_workload(args.required("workload"));
-  const long long show = args.integer("show", 3);
-  check(show >= 0, ErrorCode::kInvalidArgument, "--show must be >= 0");
-
-  auto model = load_model_from_args(args);
-  SessionConfig config = session_config_from_args(args);
-  config.max_batch_tokens = static_cast<int>(args.integer("max-batch-tokens", config.max_batch_tokens));
-  config.max_sequences = static_cast<int>(args.integer("max-seqs", config.max_sequences));
-  const std::string eviction = args.str("eviction", "lru");
-  if (eviction == "lru") return run_batch(args, items, model, config, LruEviction{}, "lru", show);
-  if (eviction == "prefix-lifetime")
-    return run_batch(args, items, model, config, PrefixLifetimeEviction{}, "prefix-lifetime", show);
-  if (eviction == "cost-aware")
-    return run_batch(args, items, model, config, CostAwareEviction{args.number("half-life-s", 60.0)},
-                     "cost-aware", show);
-  if (eviction == "priority")
-    return run_batch(args, items, model, config, PriorityEviction{args.number("retention-s", 60.0)},
-                     "priority", show);
-  throw Error(
-      ErrorCode::kInvalidArgument,
-      "--eviction must be one of lru, prefix-lifetime, cost-aware, priority (got '" + eviction + "')");
 }
 
 }  // namespace chunkwise::cli

@@ -22,7 +22,9 @@ commands:
   run     --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
   batch   --workload FILE.jsonl [--out results.jsonl] [--stats-json FILE] [--show N] [--no-progress]
           [--max-batch-tokens N] [--max-seqs N]
+          [--batching prefill-first|stall-free|prefix-grouped|packed] [--token-budget N]
           [--eviction lru|prefix-lifetime|cost-aware|priority] [--retention-s S] [--half-life-s S]
+          [--poisson-rate R] [--arrival-seed N] [--slo-ttft S] [--slo-tbt S]
   logits  --text TEXT --out FILE.npy [--chat]
 
 common options:

@@ -20,7 +20,8 @@ template <class Eviction = LruEviction>
 Outputs run_waves(const std::shared_ptr<const Model>& model, const std::vector<std::vector<Request>>& waves,
                   SessionConfig cfg, Eviction eviction = {}, SessionMetrics* metrics = nullptr,
                   KvMetrics* kv_metrics = nullptr) {
-  InferenceSession<ContinuousBatching, Eviction> session(model, std::move(cfg), {}, std::move(eviction));
+  InferenceSession<StallFreeBatching, Eviction> session(model, std::move(cfg), StallFreeBatching(),
+                                                        std::move(eviction));
   Outputs out;
   for (const auto& wave : waves) {
     for (const auto& r : wave) session.submit(r);

@@ -20,7 +20,7 @@
 #include "chunkwise/core/error.hpp"
 #include "chunkwise/kv/kv_cache.hpp"
 #include "chunkwise/model/model.hpp"
-#include "chunkwise/policy/batching/continuous_batching.hpp"
+#include "chunkwise/policy/batching/stall_free_batching.hpp"
 #include "chunkwise/policy/concepts.hpp"
 #include "chunkwise/policy/eviction/lru_eviction.hpp"
 #include "chunkwise/policy/reuse/prefix_only_reuse.hpp"
@@ -68,14 +68,14 @@ std::vector<TokenId> prepare_prompt(const Model& model, const Request& request, 
 
 }  // namespace detail
 
-template <BatchingPolicy Batching = ContinuousBatching, EvictionPolicy Eviction = LruEviction,
+template <BatchingPolicy Batching = StallFreeBatching, EvictionPolicy Eviction = LruEviction,
           SparsePolicy Sparse = DenseAttention, ReusePolicy Reuse = PrefixOnlyReuse,
           Backend BackendT = CpuBackend>
 class InferenceSession {
  public:
   explicit InferenceSession(std::shared_ptr<const Model> model, SessionConfig config = {},
-                            Batching batching = {}, Eviction eviction = {}, Sparse sparse = {},
-                            Reuse reuse = {})
+                            Batching batching = Batching(), Eviction eviction = Eviction(),
+                            Sparse sparse = Sparse(), Reuse reuse = Reuse())
       : model_(std::move(model)),
         config_(std::move(config)),
         batching_(std::move(batching)),
@@ -413,10 +413,9 @@ class InferenceSession {
         views_waiting_.push_back(v);
       }
     }
-    const SchedulerView view{
-        views_running_, views_waiting_,
-        Budgets{config_.max_batch_tokens, config_.max_sequences, kv_.available(), config_.block_size,
-                backend_.num_blocks()}};
+    const SchedulerView view{views_running_, views_waiting_,
+                             Budgets{config_.max_batch_tokens, config_.max_sequences, kv_.available(),
+                                     config_.block_size, backend_.num_blocks()}};
     StepPlan plan = batching_.plan(view);
     check_plan(plan, view);
     return plan;

@@ -29,7 +29,7 @@ struct Budgets {
   int max_sequences = 0;     // sequences in one forward pass
   int free_blocks = 0;       // KV blocks a plan may newly allocate (free + evictable cached)
   int block_size = 16;
-  int total_blocks = 0;      // KV blocks in the pool
+  int total_blocks = 0;  // KV blocks in the pool
 };
 
 struct SchedulerView {

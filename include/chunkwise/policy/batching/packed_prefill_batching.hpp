@@ -1,0 +1,121 @@
+// Packed prefill batching, after Prepacking (Zhao et al., arXiv 2404.09529), for workloads of many
+// short prompts. Prepacking bin-packs prompts of different lengths into one padded sequence with
+// restarted positions and a block-diagonal mask, so no compute goes to padding. Our batches are
+// already ragged: every prompt gets its own positions and attends only to itself, so packing here
+// is only the choice of which whole prompts share a forward pass. Each step is one bin of
+// C = min(token_budget, max_batch_tokens) tokens:
+//  - running decodes first (one token each), then prompts cut in earlier steps continue, so
+//    neither waits behind new prompts;
+//  - the oldest request of the highest priority goes in first, so packing can never starve it; if
+//    it does not fit whole in what is left (tokens or memory) and no other prefill is in the step,
+//    it is cut to what is left (ending on a KV-block boundary when it can) and runs alone;
+//  - then first-fit decreasing over the rest of the queue, one priority class after the other,
+//    higher first: the longest prompt that still fits goes next. Prompts are never split here, so
+//    a prompt's prefill is one pass, and the budget fills with whole prompts (FCFS would cut one);
+//  - admission keeps one free block per running sequence in reserve, so decodes can grow.
+#pragma once
+
+#include <algorithm>
+#include <span>
+#include <vector>
+
+#include "chunkwise/core/error.hpp"
+#include "chunkwise/sched/step_plan.hpp"
+
+namespace chunkwise {
+
+class PackedPrefillBatching {
+ public:
+  explicit PackedPrefillBatching(int token_budget = 2048) : token_budget_(token_budget) {
+    check(token_budget >= 1, ErrorCode::kInvalidArgument,
+          "packed prefill batching: token_budget must be >= 1");
+  }
+
+  [[nodiscard]] int token_budget() const { return token_budget_; }
+
+  StepPlan plan(const SchedulerView& view) const {
+    Step step{view,
+              std::min(token_budget_, view.budgets.max_batch_tokens),
+              view.budgets.max_sequences,
+              view.budgets.free_blocks,
+              {}};
+    for (const SequenceView& s : view.running)
+      if (s.is_decode()) step.add(s, 1, 0);
+    bool prefill = false;
+    for (const SequenceView& s : view.running)
+      if (!s.is_decode() && s.uncomputed() > 0) prefill = step.add(s, s.uncomputed(), 0) > 0 || prefill;
+
+    std::vector<const SequenceView*> queue;
+    for (const SequenceView& s : view.waiting)
+      if (s.uncomputed() > 0) queue.push_back(&s);
+    if (queue.empty()) return std::move(step.plan);
+    std::stable_sort(queue.begin(), queue.end(), [](const SequenceView* a, const SequenceView* b) {
+      if (a->priority != b->priority) return a->priority > b->priority;
+      return a->submitted_s < b->submitted_s;
+    });
+    const int running = static_cast<int>(view.running.size());
+    const SequenceView& head = *queue.front();
+    if (!prefill && !step.fits_whole(head, running)) {
+      step.add(head, head.uncomputed(), running);  // cut, and alone
+      return std::move(step.plan);
+    }
+    // Head first (when it fits), then first-fit decreasing within each priority class.
+    std::stable_sort(queue.begin() + 1, queue.end(), [](const SequenceView* a, const SequenceView* b) {
+      if (a->priority != b->priority) return a->priority > b->priority;
+      return a->uncomputed() > b->uncomputed();
+    });
+    int admitted = 0;
+    for (const SequenceView* w : queue) {
+      if (!step.fits_whole(*w, running + admitted)) continue;
+      step.take(*w, w->uncomputed());
+      ++admitted;
+    }
+    return std::move(step.plan);
+  }
+
+ private:
+  // What is left of the step's budgets, and the plan so far.
+  struct Step {
+    const SchedulerView& view;
+    int tokens;
+    int seqs;
+    int blocks;
+    StepPlan plan;
+
+    // s fits whole in what is left, keeping `reserve` blocks free.
+    [[nodiscard]] bool fits_whole(const SequenceView& s, int reserve) const {
+      return seqs > 0 && s.uncomputed() <= tokens &&
+             view.blocks_needed(s, s.uncomputed()) <= blocks - reserve;
+    }
+    // Tokens of s (at most want) that fit what is left, keeping `reserve` blocks free; block-aligned when
+    // cut.
+    [[nodiscard]] int room(const SequenceView& s, int want, int reserve) const {
+      if (seqs <= 0 || tokens <= 0 || blocks - reserve < 0) return 0;
+      const long long bs = view.budgets.block_size;
+      const long long have = (s.computed + bs - 1) / bs;
+      const long long by_memory = (have + blocks - reserve) * bs - s.computed;
+      long long n = std::min({static_cast<long long>(want), static_cast<long long>(tokens),
+                              static_cast<long long>(s.uncomputed()), by_memory});
+      if (n > 0 && n < s.uncomputed()) {
+        const long long aligned = (s.computed + n) / bs * bs - s.computed;
+        if (aligned > 0) n = aligned;
+      }
+      return static_cast<int>(std::max(n, 0LL));
+    }
+    void take(const SequenceView& s, int n) {
+      blocks -= view.blocks_needed(s, n);
+      tokens -= n;
+      --seqs;
+      plan.chunks.push_back({s.id, n});
+    }
+    int add(const SequenceView& s, int want, int reserve) {
+      const int n = room(s, want, reserve);
+      if (n > 0) take(s, n);
+      return n;
+    }
+  };
+
+  int token_budget_;
+};
+
+}  // namespace chunkwise

@@ -1,0 +1,71 @@
+// Engine on the real model: every batching policy, token budgets from 16 to 4096, the prefix cache
+// on and off give the same greedy outputs (batching decides when tokens are computed, never what).
+#include <map>
+
+#include "chunkwise/sched/engine.hpp"
+#include "model_fixture.hpp"
+
+namespace {
+
+using Outputs = std::map<std::string, std::vector<chunkwise::TokenId>>;
+
+Outputs run_engine(const std::shared_ptr<const chunkwise::Model>& model, const std::string& settings,
+                   const std::vector<chunkwise::Request>& reqs) {
+  chunkwise::EngineConfig c;
+  c.apply(settings);
+  chunkwise::Engine engine(model, c);
+  for (const auto& r : reqs) engine.submit(r);
+  Outputs out;
+  while (engine.has_work()) {
+    engine.step();
+    const std::string broken = engine.check_kv_invariants();
+    INFO(broken);
+    REQUIRE(broken.empty());
+  }
+  for (auto& f : engine.take_finished()) out[f.label] = f.output_tokens;
+  CHECK(engine.kv_usage().in_use == 0);
+  return out;
+}
+
+// Two shared prefixes and a few loners, short outputs.
+std::vector<chunkwise::Request> requests(const chunkwise::Model& model) {
+  const std::string manual =
+      "Manual: the pump must be primed before use, the filter cleaned weekly, "
+      "and the valve closed when the tank is full. ";
+  std::vector<chunkwise::Request> out;
+  const char* asks[] = {"How often is the filter cleaned?",
+                        "When is the valve closed?",
+                        "What comes first?",
+                        "Name a part.",
+                        "Is priming needed?",
+                        "Say hi."};
+  for (int i = 0; i < 6; ++i) {
+    chunkwise::Request r;
+    r.label = std::to_string(i);  // "r" + to_string trips GCC 12 -Wrestrict here
+    std::string text = i < 4 ? manual + manual : std::string();
+    text.append(asks[i]);
+    r.prompt_tokens = model.tokenizer().encode(text);
+    r.max_new_tokens = 6;
+    r.priority = i % 2;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("every batching policy and token budget gives the same outputs", "[engine][invariance]") {
+  CHUNKWISE_REQUIRE_MODEL(model);
+  const auto reqs = requests(*model);
+  const Outputs reference = run_engine(model, "batching=prefill-first prefix_caching=off", reqs);
+  REQUIRE(reference.size() == reqs.size());
+  for (const char* batching : {"prefill-first", "stall-free", "prefix-grouped", "packed"})
+    for (const char* budget : {"16", "4096"})
+      for (const char* cache : {"on", "off"}) {
+        std::string settings = "batching=";  // appended piecewise: GCC 12's -Wrestrict misfires on a + b + c
+        settings.append(batching).append(" token_budget=").append(budget);
+        settings.append(" prefix_caching=").append(cache).append(" eviction=prefix-lifetime");
+        INFO(settings);
+        CHECK(run_engine(model, settings, reqs) == reference);
+      }
+}
