@@ -82,6 +82,12 @@ TEST_CASE("preemption under KV pressure loses nothing and changes nothing", "[se
   std::int64_t preemptions = 0;
   CHECK(run(model, reqs, tight, &preemptions) == reference);
   CHECK(preemptions > 0);
+  SECTION("swapped to host RAM instead of recomputed") {
+    tight.preemption = chunkwise::Preemption::kSwap;
+    chunkwise::SessionMetrics m;
+    CHECK(chunkwise::test::run_requests(model, reqs, tight, &m) == reference);
+    CHECK(m.swap_preemptions > 0);
+  }
 }
 
 TEST_CASE("bad requests are refused with a typed error and leave the session intact", "[session][errors]") {
