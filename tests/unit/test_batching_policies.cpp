@@ -372,6 +372,8 @@ TEST_CASE("prefix-grouped: admission stops when projected KV exceeds the pool", 
   std::vector<SequenceView> queue;
   for (RequestId id = 1; id <= 4; ++id) queue.push_back(seq(id, 64, 0, 0, 64, 0, static_cast<double>(id)));
   CHECK(show(PrefixGroupedBatching().plan({{}, queue, budgets(4096, 64, 18)})) == "1:64 2:64");
+  // A per-step memory check keeping a block per sequence in reserve would admit three.
+  CHECK(PrefillFirstBatching{}.plan({{}, queue, budgets(4096, 64, 18)}).chunks.size() == 3);
   SECTION("running sequences' growth counts too") {
     const std::vector<SequenceView> running = {seq(9, 64, 64, 1, 64)};  // 8 blocks, holds 4
     CHECK(show(PrefixGroupedBatching().plan({running, queue, budgets(4096, 64, 18)})) == "9:1 1:64");

@@ -60,12 +60,11 @@ inline void check(bool cond, ErrorCode code, std::string_view message) {
   if (!cond) throw Error(code, std::string(message));
 }
 
-// The same with a message built only on failure, for checks on hot paths.
-template <class MakeMessage>
-requires std::is_invocable_r_v<std::string, MakeMessage>
+// The same with a message built only on failure, for checks on hot paths. (enable_if rather
+// than a requires-clause: CUDA translation units include this header too.)
+template <class MakeMessage, class = std::enable_if_t<std::is_invocable_r_v<std::string, MakeMessage>>>
 inline void check(bool cond, ErrorCode code, MakeMessage&& make_message) {
-  if (!cond) [[unlikely]]
-    throw Error(code, make_message());
+  if (!cond) throw Error(code, make_message());
 }
 
 }  // namespace chunkwise

@@ -167,7 +167,7 @@ class InferenceSession {
     if (!has_work()) return result;
     swap_in_ready();
     make_room_for_decodes();
-    const StepPlan plan = plan_step();
+    StepPlan plan = plan_step(/*admit=*/true);
     if (plan.empty())
       throw Error(ErrorCode::kInvalidArgument, "batching policy planned nothing while work is queued");
 
@@ -180,42 +180,50 @@ class InferenceSession {
     std::vector<detail::Sequence*> sampled, computed_now;
     bool any_admitted = false;
     const double t_plan = now();
-    for (const ScheduledChunk& c : plan.chunks) {
-      detail::Sequence& s = seqs_.at(c.id);
-      const bool admitting = !s.running;
-      int n = c.num_tokens;
-      if (admitting) {
-        s.computed = kv_.match(s.id, s.tokens, t_plan);
-        result.prefix_hit_tokens += s.computed;
-        if (!s.admitted) {
-          s.prompt_tokens_cached = std::min(s.computed, s.prompt_len);
-          metrics_.prompt_tokens_cached += s.prompt_tokens_cached;
+    for (int attempt = 0;; ++attempt) {
+      for (const ScheduledChunk& c : plan.chunks) {
+        detail::Sequence& s = seqs_.at(c.id);
+        const bool admitting = !s.running;
+        int n = c.num_tokens;
+        if (admitting) {
+          s.computed = kv_.match(s.id, s.tokens, t_plan);
+          n = std::min(n, static_cast<int>(s.tokens.size()) - s.computed);
         }
-        n = std::min(n, static_cast<int>(s.tokens.size()) - s.computed);
-      }
-      if (kv_.reserve(s.id, s.computed, s.computed + n, t_plan)) {
-        const int max_end =
-            (static_cast<int>(kv_.blocks(s.id).size()) + kv_.available()) * config_.block_size;
-        n = std::min(n, max_end - s.computed);
-        if (n <= 0 || kv_.reserve(s.id, s.computed, s.computed + n, t_plan)) {
-          if (admitting) {
-            kv_.release(s.id, t_plan);
-            s.computed = 0;
+        if (kv_.reserve(s.id, s.computed, s.computed + n, t_plan)) {
+          const int max_end =
+              (static_cast<int>(kv_.blocks(s.id).size()) + kv_.available()) * config_.block_size;
+          n = std::min(n, max_end - s.computed);
+          if (n <= 0 || kv_.reserve(s.id, s.computed, s.computed + n, t_plan)) {
+            if (admitting) {
+              kv_.release(s.id, t_plan);
+              s.computed = 0;
+            }
+            continue;
           }
-          continue;
+        }
+        if (admitting) {
+          result.prefix_hit_tokens += s.computed;
+          if (!s.admitted) {
+            s.prompt_tokens_cached = std::min(s.computed, s.prompt_len);
+            metrics_.prompt_tokens_cached += s.prompt_tokens_cached;
+          }
+          running_.push_back(c.id);
+          s.admitted = s.running = true;
+          any_admitted = true;
+        }
+        append_chunk(batch, s, n, result);
+        computed_now.push_back(&s);
+        if (s.computed == static_cast<int>(s.tokens.size())) {
+          batch.logit_rows.push_back(batch.query_start.back() - 1);
+          sampled.push_back(&s);
         }
       }
-      if (admitting) {
-        running_.push_back(c.id);
-        s.admitted = s.running = true;
-        any_admitted = true;
-      }
-      append_chunk(batch, s, n, result);
-      computed_now.push_back(&s);
-      if (s.computed == static_cast<int>(s.tokens.size())) {
-        batch.logit_rows.push_back(batch.query_start.back() - 1);
-        sampled.push_back(&s);
-      }
+      if (!batch.tokens.empty() || running_.empty() || attempt > 0) break;
+      // Nothing fitted: admitting the policy's choice takes its cached prefix out of the evictable
+      // blocks the policy counted on. The running sequences go on without admissions this step,
+      // so the step still makes progress (and the memory comes back as they finish).
+      plan = plan_step(/*admit=*/false);
+      if (plan.empty()) break;
     }
     if (any_admitted)
       waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
@@ -400,12 +408,13 @@ class InferenceSession {
     }
   }
 
-  StepPlan plan_step() {
+  // admit = false hides the waiting queue (only running sequences go on).
+  StepPlan plan_step(bool admit) {
     views_running_.clear();
     views_waiting_.clear();
     for (RequestId id : running_) views_running_.push_back(seqs_.at(id).view());
     // While swapped sequences wait to come back, nothing new is admitted (their memory first).
-    if (swapped_.empty()) {
+    if (admit && swapped_.empty()) {
       for (RequestId id : waiting_) {
         detail::Sequence& s = seqs_.at(id);
         SequenceView v = s.view();
