@@ -69,3 +69,31 @@ TEST_CASE("every batching policy and token budget gives the same outputs", "[eng
         CHECK(run_engine(model, settings, reqs) == reference);
       }
 }
+
+TEST_CASE("a pool too small for the policy's admissions still finishes every request", "[engine][kv]") {
+  CHUNKWISE_REQUIRE_MODEL(model);
+  // Eight requests over two ~450-token prefixes in a pool of 100 blocks (1,600 tokens): admitting
+  // a request takes its cached prefix out of the evictable blocks the policy counted on. Before
+  // the session re-planned without admissions, such a step ran nothing, forever.
+  std::string doc[2];
+  for (int k = 0; k < 45; ++k)
+    doc[0].append("Section ").append(std::to_string(k)).append(" of the pump manual. ");
+  for (int k = 0; k < 45; ++k) doc[1].append("Clause ").append(std::to_string(k)).append(" of the lease. ");
+  std::vector<chunkwise::Request> reqs;
+  for (int i = 0; i < 8; ++i) {
+    chunkwise::Request r;
+    r.label = std::to_string(i);
+    std::string text = doc[i % 2];
+    text.append("Question ").append(std::to_string(i)).append(": summarise.");
+    r.prompt_tokens = model->tokenizer().encode(text);
+    r.max_new_tokens = 3;
+    reqs.push_back(std::move(r));
+  }
+  const Outputs reference = run_engine(model, "batching=stall-free prefix_caching=off", reqs);
+  for (const char* batching : {"prefill-first", "stall-free", "prefix-grouped", "packed"}) {
+    std::string settings = "kv_blocks=100 eviction=prefix-lifetime batching=";
+    settings.append(batching);
+    INFO(settings);
+    CHECK(run_engine(model, settings, reqs) == reference);
+  }
+}
