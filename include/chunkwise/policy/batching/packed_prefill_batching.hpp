@@ -16,11 +16,10 @@
 #pragma once
 
 #include <algorithm>
-#include <span>
 #include <vector>
 
 #include "chunkwise/core/error.hpp"
-#include "chunkwise/sched/step_plan.hpp"
+#include "chunkwise/policy/batching/detail/step_budget.hpp"
 
 namespace chunkwise {
 
@@ -34,30 +33,20 @@ class PackedPrefillBatching {
   [[nodiscard]] int token_budget() const { return token_budget_; }
 
   StepPlan plan(const SchedulerView& view) const {
-    Step step{view,
-              std::min(token_budget_, view.budgets.max_batch_tokens),
-              view.budgets.max_sequences,
-              view.budgets.free_blocks,
-              {}};
+    detail::StepBudget step(view, token_budget_, detail::ChunkEnd::kBlockBoundary);
     for (const SequenceView& s : view.running)
       if (s.is_decode()) step.add(s, 1, 0);
     bool prefill = false;
     for (const SequenceView& s : view.running)
       if (!s.is_decode() && s.uncomputed() > 0) prefill = step.add(s, s.uncomputed(), 0) > 0 || prefill;
 
-    std::vector<const SequenceView*> queue;
-    for (const SequenceView& s : view.waiting)
-      if (s.uncomputed() > 0) queue.push_back(&s);
-    if (queue.empty()) return std::move(step.plan);
-    std::stable_sort(queue.begin(), queue.end(), [](const SequenceView* a, const SequenceView* b) {
-      if (a->priority != b->priority) return a->priority > b->priority;
-      return a->submitted_s < b->submitted_s;
-    });
+    std::vector<const SequenceView*> queue = detail::by_priority(view.waiting);
+    if (queue.empty()) return std::move(step).finish();
     const int running = static_cast<int>(view.running.size());
     const SequenceView& head = *queue.front();
     if (!prefill && !step.fits_whole(head, running)) {
       step.add(head, head.uncomputed(), running);  // cut, and alone
-      return std::move(step.plan);
+      return std::move(step).finish();
     }
     // Head first (when it fits), then first-fit decreasing within each priority class.
     std::stable_sort(queue.begin() + 1, queue.end(), [](const SequenceView* a, const SequenceView* b) {
@@ -70,51 +59,10 @@ class PackedPrefillBatching {
       step.take(*w, w->uncomputed());
       ++admitted;
     }
-    return std::move(step.plan);
+    return std::move(step).finish();
   }
 
  private:
-  // What is left of the step's budgets, and the plan so far.
-  struct Step {
-    const SchedulerView& view;
-    int tokens;
-    int seqs;
-    int blocks;
-    StepPlan plan;
-
-    // s fits whole in what is left, keeping `reserve` blocks free.
-    [[nodiscard]] bool fits_whole(const SequenceView& s, int reserve) const {
-      return seqs > 0 && s.uncomputed() <= tokens &&
-             view.blocks_needed(s, s.uncomputed()) <= blocks - reserve;
-    }
-    // Tokens of s (at most want) that fit what is left, keeping `reserve` blocks free; block-aligned when
-    // cut.
-    [[nodiscard]] int room(const SequenceView& s, int want, int reserve) const {
-      if (seqs <= 0 || tokens <= 0 || blocks - reserve < 0) return 0;
-      const long long bs = view.budgets.block_size;
-      const long long have = (s.computed + bs - 1) / bs;
-      const long long by_memory = (have + blocks - reserve) * bs - s.computed;
-      long long n = std::min({static_cast<long long>(want), static_cast<long long>(tokens),
-                              static_cast<long long>(s.uncomputed()), by_memory});
-      if (n > 0 && n < s.uncomputed()) {
-        const long long aligned = (s.computed + n) / bs * bs - s.computed;
-        if (aligned > 0) n = aligned;
-      }
-      return static_cast<int>(std::max(n, 0LL));
-    }
-    void take(const SequenceView& s, int n) {
-      blocks -= view.blocks_needed(s, n);
-      tokens -= n;
-      --seqs;
-      plan.chunks.push_back({s.id, n});
-    }
-    int add(const SequenceView& s, int want, int reserve) {
-      const int n = room(s, want, reserve);
-      if (n > 0) take(s, n);
-      return n;
-    }
-  };
-
   int token_budget_;
 };
 

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "chunkwise/core/error.hpp"
-#include "chunkwise/sched/step_plan.hpp"
+#include "chunkwise/policy/batching/detail/step_budget.hpp"
 
 namespace chunkwise {
 
@@ -123,17 +123,13 @@ class PrefixGroupedBatching {
   }
 
   StepPlan plan(const SchedulerView& view) const {
-    Step step{view,
-              std::min(token_budget_, view.budgets.max_batch_tokens),
-              view.budgets.max_sequences,
-              view.budgets.free_blocks,
-              {}};
+    detail::StepBudget step(view, token_budget_, detail::ChunkEnd::kAnywhere);
     for (const SequenceView& s : view.running)
-      if (s.is_decode()) step.add(s);
+      if (s.is_decode()) step.add(s, 1, 0);
     for (const SequenceView& s : view.running)
-      if (!s.is_decode()) step.add(s);
+      if (!s.is_decode()) step.add(s, s.uncomputed(), 0);
     // Grouping costs a sort of every prompt: skip it when nothing could be admitted anyway.
-    if (view.waiting.empty() || step.tokens <= 0 || step.seqs <= 0) return std::move(step.plan);
+    if (view.waiting.empty() || step.tokens() <= 0 || step.seqs() <= 0) return std::move(step).finish();
 
     const long long bs = view.budgets.block_size;
     long long projected = 0;  // future KV growth of running and admitted requests, in blocks
@@ -147,42 +143,17 @@ class PrefixGroupedBatching {
         if (holder) have = std::max(have, g.shared / bs);  // the prefix counts once per group
         const long long grow = growth(*w, have, bs);
         if (projected + grow > view.budgets.free_blocks && (admitted || !view.running.empty()))
-          return std::move(step.plan);
-        if (step.add(*w) == 0) return std::move(step.plan);
+          return std::move(step).finish();
+        if (step.add(*w, w->uncomputed(), 0) == 0) return std::move(step).finish();
         projected += grow;
         admitted = true;
         holder = true;
       }
     }
-    return std::move(step.plan);
+    return std::move(step).finish();
   }
 
  private:
-  // What is left of the step's budgets, and the plan so far.
-  struct Step {
-    const SchedulerView& view;
-    int tokens;
-    int seqs;
-    int blocks;
-    StepPlan plan;
-
-    // As many uncomputed tokens of s as fit what is left; returns how many were taken.
-    int add(const SequenceView& s) {
-      if (seqs <= 0 || tokens <= 0 || blocks < 0 || s.uncomputed() <= 0) return 0;
-      const long long bs = view.budgets.block_size;
-      const long long have = (s.computed + bs - 1) / bs;
-      const long long by_memory = (have + blocks) * bs - s.computed;
-      const auto n = static_cast<int>(
-          std::min({static_cast<long long>(tokens), static_cast<long long>(s.uncomputed()), by_memory}));
-      if (n <= 0) return 0;
-      blocks -= view.blocks_needed(s, n);
-      tokens -= n;
-      --seqs;
-      plan.chunks.push_back({s.id, n});
-      return n;
-    }
-  };
-
   static std::span<const TokenId> prompt(const SequenceView& s) {
     return s.tokens.first(std::min(s.tokens.size(), static_cast<std::size_t>(std::max(s.prompt_len, 0))));
   }

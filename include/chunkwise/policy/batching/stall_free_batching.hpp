@@ -13,12 +13,8 @@
 // non-empty, so no block is left half-filled between steps (the next chunk starts on a fresh block).
 #pragma once
 
-#include <algorithm>
-#include <span>
-#include <vector>
-
 #include "chunkwise/core/error.hpp"
-#include "chunkwise/sched/step_plan.hpp"
+#include "chunkwise/policy/batching/detail/step_budget.hpp"
 
 namespace chunkwise {
 
@@ -35,22 +31,18 @@ class StallFreeBatching {
   [[nodiscard]] int max_partial_prefills() const { return max_partial_prefills_; }
 
   StepPlan plan(const SchedulerView& view) const {
-    Step step{view,
-              std::min(token_budget_, view.budgets.max_batch_tokens),
-              view.budgets.max_sequences,
-              view.budgets.free_blocks,
-              {}};
+    detail::StepBudget step(view, token_budget_, detail::ChunkEnd::kBlockBoundary);
     for (const SequenceView& s : view.running)  // (a)
-      if (s.is_decode()) step.add(s, 0);
+      if (s.is_decode()) step.add(s, 1, 0);
     int partial = 0;                              // prompts left half-done after this step
     for (const SequenceView& s : view.running) {  // (b)
       if (s.is_decode() || s.uncomputed() <= 0) continue;
-      if (step.add(s, 0) < s.uncomputed()) ++partial;
+      if (step.add(s, s.uncomputed(), 0) < s.uncomputed()) ++partial;
     }
     const int running = static_cast<int>(view.running.size());
     int admitted = 0;
-    for (const SequenceView* w : by_priority(view.waiting)) {  // (c)
-      const int n = step.room(*w, running + admitted);
+    for (const SequenceView* w : detail::by_priority(view.waiting)) {  // (c)
+      const int n = step.room(*w, w->uncomputed(), running + admitted);
       if (n <= 0) break;  // no overtaking within FCFS
       const bool cut = n < w->uncomputed();
       if (cut && max_partial_prefills_ > 0 && partial >= max_partial_prefills_) break;
@@ -58,57 +50,10 @@ class StallFreeBatching {
       partial += cut ? 1 : 0;
       ++admitted;
     }
-    return std::move(step.plan);
+    return std::move(step).finish();
   }
 
  private:
-  // What is left of the step's budgets, and the plan so far.
-  struct Step {
-    const SchedulerView& view;
-    int tokens;
-    int seqs;
-    int blocks;
-    StepPlan plan;
-
-    // Tokens of s that fit what is left, keeping `reserve` blocks free; block-aligned when cut.
-    [[nodiscard]] int room(const SequenceView& s, int reserve) const {
-      if (seqs <= 0 || tokens <= 0 || blocks - reserve < 0) return 0;
-      const long long bs = view.budgets.block_size;
-      const long long have = (s.computed + bs - 1) / bs;
-      const long long by_memory = (have + blocks - reserve) * bs - s.computed;
-      long long n =
-          std::min({static_cast<long long>(tokens), static_cast<long long>(s.uncomputed()), by_memory});
-      if (n > 0 && n < s.uncomputed()) {
-        const long long aligned = (s.computed + n) / bs * bs - s.computed;
-        if (aligned > 0) n = aligned;
-      }
-      return static_cast<int>(std::max(n, 0LL));
-    }
-    void take(const SequenceView& s, int n) {
-      blocks -= view.blocks_needed(s, n);
-      tokens -= n;
-      --seqs;
-      plan.chunks.push_back({s.id, n});
-    }
-    int add(const SequenceView& s, int reserve) {
-      const int n = room(s, reserve);
-      if (n > 0) take(s, n);
-      return n;
-    }
-  };
-
-  // Waiting requests with work left, higher priority first, then earlier arrival.
-  static std::vector<const SequenceView*> by_priority(std::span<const SequenceView> queue) {
-    std::vector<const SequenceView*> out;
-    for (const SequenceView& s : queue)
-      if (s.uncomputed() > 0) out.push_back(&s);
-    std::stable_sort(out.begin(), out.end(), [](const SequenceView* a, const SequenceView* b) {
-      if (a->priority != b->priority) return a->priority > b->priority;
-      return a->submitted_s < b->submitted_s;
-    });
-    return out;
-  }
-
   int token_budget_;
   int max_partial_prefills_;
 };
