@@ -18,7 +18,7 @@ endif()
 message(STATUS "chunkwise: CUDA backend ${CHUNKWISE_HAS_CUDA}")
 
 if(CHUNKWISE_HAS_CUDA)
-  file(GLOB CHUNKWISE_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cuda/*.cu)
+  file(GLOB CHUNKWISE_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cuda/*.cu ${PROJECT_SOURCE_DIR}/cuda/*.cpp)
   add_library(chunkwise_cuda ${CHUNKWISE_CUDA_SOURCES})
   add_library(chunkwise::cuda ALIAS chunkwise_cuda)
   set_target_properties(chunkwise_cuda PROPERTIES EXPORT_NAME cuda CUDA_STANDARD 20
@@ -26,6 +26,7 @@ if(CHUNKWISE_HAS_CUDA)
   target_include_directories(chunkwise_cuda PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/cuda/include>
                                                    $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
   target_link_libraries(chunkwise_cuda PUBLIC chunkwise CUDA::cudart CUDA::cublas)
+  chunkwise_warnings(chunkwise_cuda)
   target_compile_definitions(chunkwise_cuda INTERFACE CHUNKWISE_HAS_CUDA=1)
   install(TARGETS chunkwise_cuda EXPORT chunkwiseTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
           LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})

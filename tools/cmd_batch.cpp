@@ -244,7 +244,7 @@ int cmd_batch(const std::vector<std::string>& argv) {
                      {"sparse", "dense"},
                      {"reuse", "prefix-only"}}},
                    {"model", model->source()},
-                   {"device", "cpu"}};
+                   {"device", ec.session.backend ? ec.session.backend->name() : "cpu"}};
   if (auto path = args.get("stats-json")) {
     std::ofstream s(*path);
     check(static_cast<bool>(s), ErrorCode::kIo, "cannot write '" + *path + "'");

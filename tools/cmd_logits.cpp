@@ -1,6 +1,6 @@
 #include <cstdio>
 
-#include "chunkwise/backend/cpu/prompt_logits.hpp"
+#include "chunkwise/backend/prompt_logits.hpp"
 #include "chunkwise/core/error.hpp"
 #include "commands.hpp"
 #include "npy.hpp"
@@ -26,7 +26,7 @@ int cmd_logits(const std::vector<std::string>& argv) {
   const int block_size = static_cast<int>(args.integer("block-size", 16));
   check(block_size >= 1 && block_size <= 1024, ErrorCode::kInvalidArgument,
         "--block-size must be in [1, 1024]");
-  const std::vector<float> logits = prompt_logits(model, ids, block_size);
+  const std::vector<float> logits = prompt_logits(model, ids, block_size, backend_from_args(args).get());
   write_npy(out, logits, static_cast<std::int64_t>(ids.size()), model->config().vocab);
   std::printf("wrote %s: %zu tokens x %d vocab\n", out.c_str(), ids.size(), model->config().vocab);
   return 0;

@@ -21,7 +21,8 @@ int cmd_run(const std::vector<std::string>& argv) {
   r.sampling.seed = static_cast<std::uint64_t>(seed);
 
   auto model = load_model_from_args(args);
-  InferenceSession<> session(model, session_config_from_args(args));
+  InferenceSession<StallFreeBatching, LruEviction, DenseAttention, PrefixOnlyReuse, AnyBackend> session(
+      model, session_config_from_args(args));
   session.submit(std::move(r));
   while (session.has_work()) session.step();
   for (const FinishedRequest& f : session.take_finished()) {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "chunkwise/backend/any_backend.hpp"
 #include "chunkwise/model/model.hpp"
 #include "chunkwise/sched/session_config.hpp"
 
@@ -13,9 +14,13 @@ namespace chunkwise::cli {
 int cmd_run(const std::vector<std::string>& argv);
 int cmd_batch(const std::vector<std::string>& argv);
 int cmd_logits(const std::vector<std::string>& argv);
+int cmd_make_model(const std::vector<std::string>& argv);
 
 // --model (default: the fetched model), --device, --threads: shared by every subcommand.
 std::shared_ptr<const Model> load_model_from_args(const Args& args);
 SessionConfig session_config_from_args(const Args& args);
+// --device cpu|cuda|cuda:N; throws kUnsupported for cuda in a build without it, kBackend when
+// the device is not there.
+std::shared_ptr<const BackendProvider> backend_from_args(const Args& args);
 
 }  // namespace chunkwise::cli

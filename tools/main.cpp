@@ -10,6 +10,7 @@
 #include "commands.hpp"
 
 #ifdef CHUNKWISE_HAS_CUDA
+#include "chunkwise/cuda/cuda_backend.hpp"
 #include "chunkwise/cuda/device.hpp"
 #endif
 
@@ -26,10 +27,12 @@ commands:
           [--eviction lru|prefix-lifetime|cost-aware|priority] [--retention-s S] [--half-life-s S]
           [--poisson-rate R] [--arrival-seed N] [--slo-ttft S] [--slo-tbt S]
   logits  --text TEXT --out FILE.npy [--chat]
+  make-model --shape llama3-8b|llama3-1b|smollm2-135m|tiny --out DIR [--seed N] [--dtype bf16|f16|f32]
+          [--force] [--with-eos] [--shard-mb N] [--threads N]   (random weights, safetensors folder)
 
 common options:
   --model PATH        GGUF file or safetensors folder (default: the model fetched by scripts/setup)
-  --device cpu|cuda   backend (default cpu)
+  --device cpu|cuda[:N]  backend (default cpu)
   --threads N         CPU threads (default: all cores)
   --block-size N      KV block size in tokens (default 16)
   --kv-mb N           KV cache budget in MiB (default 1024)
@@ -41,18 +44,30 @@ common options:
 )";
 }  // namespace
 
-std::shared_ptr<const Model> load_model_from_args(const Args& args) {
+std::shared_ptr<const BackendProvider> backend_from_args(const Args& args) {
   const std::string device = args.str("device", "cpu");
-  if (device == "cuda") {
+  if (device == "cpu") return cpu_backend_provider();
+  check(device.rfind("cuda", 0) == 0, ErrorCode::kInvalidArgument,
+        "--device must be cpu, cuda or cuda:N, got '" + device + "'");
 #ifdef CHUNKWISE_HAS_CUDA
-    throw Error(ErrorCode::kUnsupported,
-                "--device cuda: the CUDA backend's kernels are not in this build yet (" +
-                    std::to_string(cuda::device_count()) + " CUDA device(s) visible); use --device cpu");
-#else
-    throw Error(ErrorCode::kUnsupported, "--device cuda: this build has no CUDA backend; use --device cpu");
-#endif
+  int index = 0;
+  if (device != "cuda") {
+    const std::string n = device.substr(4);
+    check(n.size() >= 2 && n[0] == ':' && n.size() <= 4 && n.find_first_not_of("0123456789", 1) == std::string::npos,
+          ErrorCode::kInvalidArgument, "--device must be cpu, cuda or cuda:N, got '" + device + "'");
+    index = std::stoi(n.substr(1));
   }
-  check(device == "cpu", ErrorCode::kInvalidArgument, "--device must be cpu or cuda, got '" + device + "'");
+  const int visible = cuda::device_count();
+  check(index < visible, ErrorCode::kBackend,
+        "--device " + device + ": " + std::to_string(visible) + " CUDA device(s) visible");
+  return cuda::backend_provider(index);
+#else
+  throw Error(ErrorCode::kUnsupported, "--device " + device + ": this build has no CUDA backend; use --device cpu");
+#endif
+}
+
+std::shared_ptr<const Model> load_model_from_args(const Args& args) {
+  (void)backend_from_args(args);  // a bad --device fails before the model loads
   const long long threads = args.integer("threads", 0);
   check(threads >= 0 && threads <= 1024, ErrorCode::kInvalidArgument, "--threads must be in [0, 1024]");
   cpu::set_num_threads(static_cast<int>(threads));
@@ -66,6 +81,7 @@ std::shared_ptr<const Model> load_model_from_args(const Args& args) {
 
 SessionConfig session_config_from_args(const Args& args) {
   SessionConfig c;
+  c.backend = backend_from_args(args);
   const long long bs = args.integer("block-size", c.block_size);
   const long long mb = args.integer("kv-mb", static_cast<long long>(c.kv_memory_mb));
   check(bs >= 1 && bs <= 1024, ErrorCode::kInvalidArgument, "--block-size must be in [1, 1024]");
@@ -108,6 +124,7 @@ int main(int argc, char** argv) {
     if (cmd == "run") return cmd_run(rest);
     if (cmd == "batch") return cmd_batch(rest);
     if (cmd == "logits") return cmd_logits(rest);
+    if (cmd == "make-model") return cmd_make_model(rest);
     std::fprintf(stderr, "chunkwise: error: unknown command '%s'\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const chunkwise::Error& e) {

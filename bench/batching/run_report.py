@@ -10,7 +10,7 @@ Runs (each one `chunkwise batch` process; the model load is not part of the meas
   * every policy (--policies, default all four) on every workload (--only to restrict), with
     the policy's own default token budget and the default eviction policy; the chat and mix
     workloads get --slo-ttft/--slo-tbt (default 10 s / 1.0 s) so SLO attainment is reported;
-  * the BatchLLM check: shared_prefix under limited KV memory (--kv-blocks, default 200
+  * the BatchLLM check: shared_prefix under limited KV memory (--kv-blocks, default 100 and 200
     blocks, so that LRU has to evict shared prefixes), prefill-first + lru against
     prefix-grouped + prefix-lifetime (plus the two crossed pairs unless --no-kv-cross);
     --kv-blocks 0 skips it.
@@ -123,23 +123,28 @@ def execute(args, run: Run) -> None:
     print("$ " + shlex.join(rel(c) for c in run.cmd), flush=True)
     if args.dry_run:
         return
-    for p in (out, stats):  # never read a previous run's files
-        if p.exists():
-            p.unlink()
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run(run.cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
-        run.rc = proc.returncode
-        output = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        run.rc = None
-        output = f"timed out after {args.timeout} s\n" + (e.stdout or b"").decode(errors="replace") + \
-            (e.stderr or b"").decode(errors="replace")
-    except OSError as e:
-        run.rc = None
-        output = f"could not start: {e}"
-    run.elapsed_s = time.monotonic() - t0
-    log.write_text(output, encoding="utf-8")
+    if args.reuse and stats.exists() and out.exists() and log.exists():
+        # --reuse: the files of an earlier run of the same command in --work-dir stand for this run.
+        print("  reusing the files of an earlier run", flush=True)
+        run.rc, output, run.elapsed_s = 0, log.read_text(encoding="utf-8"), 0.0
+    else:
+        for p in (out, stats):  # never read a previous run's files
+            if p.exists():
+                p.unlink()
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(run.cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
+            run.rc = proc.returncode
+            output = proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as e:
+            run.rc = None
+            output = f"timed out after {args.timeout} s\n" + (e.stdout or b"").decode(errors="replace") + \
+                (e.stderr or b"").decode(errors="replace")
+        except OSError as e:
+            run.rc = None
+            output = f"could not start: {e}"
+        run.elapsed_s = time.monotonic() - t0
+        log.write_text(output, encoding="utf-8")
     if run.rc in (0, 3) and stats.exists():
         try:
             run.stats = json.loads(stats.read_text(encoding="utf-8"))
@@ -350,11 +355,16 @@ def main_table(runs: list[Run]) -> list[str]:
 
 
 def kv_section(args, kv_runs: list[Run]) -> list[str]:
-    if not kv_runs:
-        return []
-    lines = ["", f"## BatchLLM check: shared prefixes under limited KV memory (`--kv-blocks {args.kv_blocks}`)", "",
+    lines = []
+    for kv in sorted({r.kv_blocks for r in kv_runs}):
+        lines += kv_pool_section(kv, [r for r in kv_runs if r.kv_blocks == kv])
+    return lines
+
+
+def kv_pool_section(kv: int, kv_runs: list[Run]) -> list[str]:
+    lines = ["", f"## BatchLLM check: shared prefixes under limited KV memory (`--kv-blocks {kv}`)", "",
              f"`{SHARED}.jsonl` (4 documents x 12 questions, all at t = 0, groups interleaved in file order) with a "
-             f"pool of {args.kv_blocks} KV blocks, so the four documents and the running requests do not all fit "
+             f"pool of {kv} KV blocks, so the four documents and the running requests do not all fit "
              "and cached prefixes get evicted. BatchLLM's claim: scheduling each prefix group together and "
              "keeping its prefix only for the group's lifetime computes far fewer prefill tokens than FCFS "
              "with an LRU prefix cache.", ""]
@@ -638,8 +648,10 @@ def main() -> int:
                          "--batching")
     ap.add_argument("--only", action="append", default=[], metavar="WORKLOAD",
                     help="run only this workload (name without .jsonl; repeatable)")
-    ap.add_argument("--kv-blocks", type=int, default=200,
-                    help="KV pool for the limited-memory shared-prefix experiment (0: skip it)")
+    ap.add_argument("--kv-blocks", default="100,200",
+                    help="KV pools (comma-separated) for the limited-memory shared-prefix experiment (0: skip it)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the files of runs already in --work-dir (same command) instead of running them again")
     ap.add_argument("--no-kv-cross", action="store_true",
                     help="limited-memory experiment: run only the two BatchLLM pairs, not the crossed ones")
     ap.add_argument("--slo-ttft", type=float, default=10.0)
@@ -673,9 +685,10 @@ def main() -> int:
     main_runs = [Run(w, p, None, None, slo if w in SLO_WORKLOADS else None, "main")
                  for w in workloads for p in policies]
     kv_runs = []
-    if args.kv_blocks > 0 and SHARED in workloads:
+    kv_pools = [int(x) for x in str(args.kv_blocks).split(",") if x.strip() and int(x) > 0]
+    if kv_pools and SHARED in workloads:
         pairs = KV_PAIRS + ([] if args.no_kv_cross else KV_CROSS)
-        kv_runs = [Run(SHARED, b, e, args.kv_blocks, None, "kv") for b, e in pairs]
+        kv_runs = [Run(SHARED, b, e, kv, None, "kv") for kv in kv_pools for b, e in pairs]
 
     all_runs = main_runs + kv_runs
     for i, r in enumerate(all_runs, start=1):

@@ -59,7 +59,7 @@ struct SessionImpl final : Engine::Impl {
   std::string check_kv_invariants() const override { return s.kv_cache().check_invariants(); }
   double now() const override { return s.now(); }
 
-  InferenceSession<Batching, Eviction> s;
+  InferenceSession<Batching, Eviction, DenseAttention, PrefixOnlyReuse, AnyBackend> s;
 };
 
 using ImplPtr = std::unique_ptr<Engine::Impl>;

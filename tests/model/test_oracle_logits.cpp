@@ -6,7 +6,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "chunkwise/backend/cpu/prompt_logits.hpp"
+#include "chunkwise/backend/prompt_logits.hpp"
 #include "chunkwise/sched/inference_session.hpp"
 #include "model_fixture.hpp"
 

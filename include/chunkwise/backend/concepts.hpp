@@ -9,22 +9,38 @@
 #include <span>
 
 #include "chunkwise/backend/forward_batch.hpp"
+#include "chunkwise/core/sampling.hpp"
 #include "chunkwise/model/model.hpp"
 
 namespace chunkwise {
 
+// The per-step part of the contract.
 template <class B>
-concept Backend = std::constructible_from < B,
-        std::shared_ptr<const Model>,
-int, int > &&requires(B b, const B& cb, const ForwardBatch& batch, std::span<float> logits, BlockId id,
-                      std::span<std::byte> out, std::span<const std::byte> in, const ModelConfig& config) {
+concept Backend = requires(B b, const B& cb, const ForwardBatch& batch, std::span<float> logits, BlockId id,
+                           std::span<std::byte> out, std::span<const std::byte> in) {
   b.forward(batch, logits);
   b.copy_block(id, id);
   cb.save_block(id, out);
   b.load_block(id, in);
-  { B::kv_bytes_per_block(config, 16) } -> std::convertible_to<std::size_t>;
   { cb.num_blocks() } -> std::convertible_to<int>;
   { cb.block_size() } -> std::convertible_to<int>;
 };
+
+// A backend that also samples: forward() and then one token per logits row, drawn exactly as
+// chunkwise::sample() would from the same logits, so only token ids leave the device.
+template <class B>
+concept SamplingBackend =
+    Backend<B> && requires(B b, const ForwardBatch& batch, std::span<const SampleRow> rows, std::span<TokenId> out) {
+      b.forward_sample(batch, rows, out);
+    };
+
+// A backend type that a session can make by itself: B(model, num_blocks, block_size), with the size
+// of a KV block known before it exists (to size the pool from a memory budget).
+template <class B>
+concept ConstructibleBackend =
+    Backend<B> && std::constructible_from<B, std::shared_ptr<const Model>, int, int> &&
+    requires(const ModelConfig& config) {
+      { B::kv_bytes_per_block(config, 16) } -> std::convertible_to<std::size_t>;
+    };
 
 }  // namespace chunkwise

@@ -2,6 +2,7 @@
 // plus the paged-attention metadata in CSR form (see cpu::AttentionBatch).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -22,5 +23,9 @@ struct ForwardBatch {
   [[nodiscard]] std::int64_t rows() const { return static_cast<std::int64_t>(tokens.size()); }
   [[nodiscard]] std::int64_t num_seqs() const { return static_cast<std::int64_t>(kv_len.size()); }
 };
+
+// Throws Error(kInvalidArgument) when the metadata is inconsistent or points outside a pool of
+// num_blocks blocks of block_size tokens, or logits_size floats cannot hold the wanted rows.
+void validate(const ForwardBatch& batch, std::size_t logits_size, int vocab, int num_blocks, int block_size);
 
 }  // namespace chunkwise

@@ -15,6 +15,12 @@ struct SamplingParams {
   std::uint64_t seed = 0;
 };
 
+// One row to sample: its parameters and the index of the token being generated (see sample()).
+struct SampleRow {
+  SamplingParams params;
+  std::uint64_t step = 0;
+};
+
 // Throws Error(kInvalidArgument) for negative temperature, negative top_k, top_p outside (0, 1].
 void validate(const SamplingParams& params);
 

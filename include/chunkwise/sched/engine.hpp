@@ -2,7 +2,8 @@
 // services that pick policies at start-up. A registry holds every stock combination of
 // batching x eviction policy (sparse and reuse are fixed to their defaults for now); each is
 // an InferenceSession instantiated once in src/sched/engine.cpp behind a small virtual
-// interface, so the per-step cost of the indirection is one virtual call.
+// interface, so the per-step cost of the indirection is one virtual call. The device comes from
+// config.session.backend (null: the CPU reference; cuda::backend_provider() for the GPU).
 #pragma once
 
 #include <memory>

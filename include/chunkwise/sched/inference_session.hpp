@@ -15,8 +15,7 @@
 #include <utility>
 #include <vector>
 
-#include "chunkwise/backend/concepts.hpp"
-#include "chunkwise/backend/cpu/cpu_backend.hpp"
+#include "chunkwise/backend/any_backend.hpp"
 #include "chunkwise/core/error.hpp"
 #include "chunkwise/kv/kv_cache.hpp"
 #include "chunkwise/model/model.hpp"
@@ -81,7 +80,8 @@ class InferenceSession {
         batching_(std::move(batching)),
         sparse_(std::move(sparse)),
         reuse_(std::move(reuse)),
-        backend_(model_, num_blocks_for(*model_, config_), config_.block_size),
+        backend_(BackendMaker<BackendT>::make(config_.backend.get(), model_, num_blocks_for(*model_, config_),
+                                              config_.block_size)),
         kv_(kv_config(config_, backend_.num_blocks()), std::move(eviction), kv_transfer()) {
     if (!config_.clock) {
       const auto start = std::chrono::steady_clock::now();
@@ -235,17 +235,27 @@ class InferenceSession {
       return result;
     }
 
-    const int vocab = model_->config().vocab;
-    logits_.resize(sampled.size() * static_cast<std::size_t>(vocab));
     const double t0 = now();
-    backend_.forward(batch, logits_);
+    next_tokens_.resize(sampled.size());
+    if constexpr (SamplingBackend<BackendT>) {  // only token ids leave the device
+      sample_rows_.clear();
+      for (const detail::Sequence* s : sampled)
+        sample_rows_.push_back({s->request.sampling, static_cast<std::uint64_t>(s->generated())});
+      backend_.forward_sample(batch, sample_rows_, next_tokens_);
+    } else {
+      const int vocab = model_->config().vocab;
+      logits_.resize(sampled.size() * static_cast<std::size_t>(vocab));
+      backend_.forward(batch, logits_);
+      for (std::size_t i = 0; i < sampled.size(); ++i)
+        next_tokens_[i] = sample(logits_.data() + i * static_cast<std::size_t>(vocab), vocab,
+                                 sampled[i]->request.sampling, static_cast<std::uint64_t>(sampled[i]->generated()));
+    }
     const double t1 = now();
     for (detail::Sequence* s : computed_now) kv_.commit(s->id, s->tokens, s->computed, t1);
 
     for (std::size_t i = 0; i < sampled.size(); ++i) {
       detail::Sequence& s = *sampled[i];
-      const TokenId tok = sample(logits_.data() + i * static_cast<std::size_t>(vocab), vocab,
-                                 s.request.sampling, static_cast<std::uint64_t>(s.generated()));
+      const TokenId tok = next_tokens_[i];
       s.timings.token_s.push_back(t1);
       if (s.generated() == 0) s.timings.first_token_s = t1;
       metrics_.generated_tokens++;
@@ -298,7 +308,8 @@ class InferenceSession {
   static int num_blocks_for(const Model& model, const SessionConfig& config) {
     validate(config);
     if (config.kv_blocks > 0) return config.kv_blocks;
-    const std::size_t per_block = BackendT::kv_bytes_per_block(model.config(), config.block_size);
+    const std::size_t per_block =
+        BackendMaker<BackendT>::kv_bytes_per_block(config.backend.get(), model.config(), config.block_size);
     const std::size_t blocks = config.kv_memory_mb * 1024 * 1024 / per_block;
     check(blocks >= 1, ErrorCode::kKvExhausted,
           "kv_memory_mb=" + std::to_string(config.kv_memory_mb) + " holds no KV block of this model");
@@ -316,7 +327,8 @@ class InferenceSession {
   }
   KvTransfer kv_transfer() {
     KvTransfer t;
-    t.bytes_per_block = BackendT::kv_bytes_per_block(model_->config(), config_.block_size);
+    t.bytes_per_block =
+        BackendMaker<BackendT>::kv_bytes_per_block(config_.backend.get(), model_->config(), config_.block_size);
     t.copy = [this](BlockId src, BlockId dst) { backend_.copy_block(src, dst); };
     t.save = [this](BlockId src, std::span<std::byte> dst) { backend_.save_block(src, dst); };
     t.load = [this](BlockId dst, std::span<const std::byte> src) { backend_.load_block(dst, src); };
@@ -495,6 +507,8 @@ class InferenceSession {
   std::vector<FinishedRequest> finished_;
   std::vector<SequenceView> views_running_, views_waiting_;
   std::vector<float> logits_;
+  std::vector<SampleRow> sample_rows_;
+  std::vector<TokenId> next_tokens_;
   SessionMetrics metrics_;
   RequestId next_id_ = 1;
 };

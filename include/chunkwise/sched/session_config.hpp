@@ -2,8 +2,11 @@
 
 #include <cstddef>
 #include <functional>
+#include <memory>
 
 namespace chunkwise {
+
+class BackendProvider;
 
 // What happens to a running sequence when decodes need memory that is not there.
 enum class Preemption {
@@ -22,6 +25,9 @@ struct SessionConfig {
   Preemption preemption = Preemption::kRecompute;
   int swap_blocks = 0;            // host-RAM blocks for swapped sequences; 0 = as many as the pool
   std::function<double()> clock;  // seconds; default: steady clock from session start
+  // Where an InferenceSession<..., AnyBackend> runs (cpu_backend_provider(), cuda::backend_provider());
+  // null = the CPU reference. Sessions with a compile-time backend ignore it.
+  std::shared_ptr<const BackendProvider> backend;
 };
 
 // Throws Error(kInvalidArgument) naming the bad field.

@@ -80,44 +80,8 @@ void CpuBackend::load_block(BlockId dst, std::span<const std::byte> src) {
     }
 }
 
-void CpuBackend::check_batch(const ForwardBatch& b, std::span<float> logits) const {
-  const auto rows = b.rows();
-  const auto seqs = b.num_seqs();
-  auto bad = [](const std::string& what) {
-    throw Error(ErrorCode::kInvalidArgument, "forward batch: " + what);
-  };
-  if (static_cast<std::int64_t>(b.positions.size()) != rows ||
-      static_cast<std::int64_t>(b.slots.size()) != rows)
-    bad("positions and slots must have one entry per token");
-  if (static_cast<std::int64_t>(b.query_start.size()) != seqs + 1 ||
-      static_cast<std::int64_t>(b.page_start.size()) != seqs + 1)
-    bad("query_start and page_start must have num_seqs + 1 entries");
-  if (b.query_start.front() != 0 || b.query_start.back() != rows) bad("query_start must span all rows");
-  if (b.page_start.front() != 0 || b.page_start.back() != static_cast<std::int32_t>(b.pages.size()))
-    bad("page_start must span all pages");
-  for (std::int64_t s = 0; s < seqs; ++s) {
-    const auto n_pages = b.page_start[s + 1] - b.page_start[s];
-    if (b.query_start[s + 1] < b.query_start[s] || n_pages < 0) bad("CSR offsets must not decrease");
-    if (b.kv_len[s] < 0 ||
-        static_cast<std::int64_t>(b.kv_len[s]) > static_cast<std::int64_t>(n_pages) * block_size_)
-      bad("kv_len of sequence " + std::to_string(s) + " exceeds its pages");
-    for (std::int32_t r = b.query_start[s]; r < b.query_start[s + 1]; ++r)
-      if (b.positions[r] < 0 || b.positions[r] >= b.kv_len[s])
-        bad("query position outside its sequence's cache");
-  }
-  for (auto p : b.pages)
-    if (p < 0 || p >= num_blocks_) bad("page " + std::to_string(p) + " outside the KV pool");
-  const std::int64_t max_slot = static_cast<std::int64_t>(num_blocks_) * block_size_;
-  for (auto s : b.slots)
-    if (s < 0 || s >= max_slot) bad("cache slot outside the KV pool");
-  for (auto r : b.logit_rows)
-    if (r < 0 || r >= rows) bad("logit row out of range");
-  const auto vocab = static_cast<std::size_t>(model_->config().vocab);
-  if (logits.size() < b.logit_rows.size() * vocab) bad("logits buffer too small");
-}
-
 void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
-  check_batch(b, logits);
+  validate(b, logits.size(), model_->config().vocab, num_blocks_, block_size_);
   const ModelConfig& c = model_->config();
   const ModelWeights& w = model_->weights();
   const std::int64_t T = b.rows();

@@ -34,7 +34,6 @@ class CpuBackend {
   void load_block(BlockId dst, std::span<const std::byte> src);
 
  private:
-  void check_batch(const ForwardBatch& batch, std::span<float> logits) const;
   [[nodiscard]] std::size_t block_floats() const;
   void check_block(BlockId b) const;
 

@@ -1,14 +1,13 @@
-#include "chunkwise/backend/cpu/prompt_logits.hpp"
+#include "chunkwise/backend/prompt_logits.hpp"
 
 #include <string>
 
-#include "chunkwise/backend/cpu/cpu_backend.hpp"
 #include "chunkwise/core/error.hpp"
 
 namespace chunkwise {
 
 std::vector<float> prompt_logits(std::shared_ptr<const Model> model, std::span<const TokenId> tokens,
-                                 int block_size) {
+                                 int block_size, const BackendProvider* provider) {
   check(!tokens.empty(), ErrorCode::kInvalidArgument, "no tokens");
   const ModelConfig& c = model->config();
   check(static_cast<long long>(tokens.size()) <= c.max_context, ErrorCode::kContextOverflow,
@@ -16,7 +15,7 @@ std::vector<float> prompt_logits(std::shared_ptr<const Model> model, std::span<c
             std::to_string(c.max_context));
   const auto n = static_cast<std::int32_t>(tokens.size());
   const int blocks = (n + block_size - 1) / block_size;
-  CpuBackend backend(model, blocks, block_size);
+  AnyBackend backend = BackendMaker<AnyBackend>::make(provider, model, blocks, block_size);
   ForwardBatch b;
   b.tokens.assign(tokens.begin(), tokens.end());
   for (std::int32_t i = 0; i < n; ++i) {

@@ -1,0 +1,223 @@
+// Private to the attention kernels (cuda/attention_*.cu): the work-list records plan() uploads,
+// the kernel argument block, the launchers, and the sm_80 building blocks (cp.async, ldmatrix,
+// mma.sync m16n8k16 bf16) the kernels share.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "chunkwise/cuda/attention.hpp"
+
+namespace chunkwise::cuda::attn {
+
+// Keys per inner step (one K tile and one V tile in shared memory).
+constexpr int kKeyTile = 64;
+// Decode: keys per pipeline stage (4 warps x 16 keys) and stages in flight.
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeStageKeys = 16 * kDecodeWarps;
+constexpr int kDecodeStages = 3;
+// Decode rows are handled in groups of at most this many q heads (the mma's 16 rows).
+constexpr int kDecodeHeadsPerCta = 16;
+
+// One prefill CTA (per q head): query rows [row_begin, row_begin + n_rows) of sequence seq, all
+// at positions in [min_pos, max_pos], over the keys [kv_begin, kv_end) (dense) or the mask row
+// (sparse; then kv_begin = 0 and kv_end = max_pos + 1). partial_base >= 0: a KV split, whose
+// result for row i goes to partial slot partial_base + i * partial_stride (merged later).
+struct PrefillItem {
+  std::int32_t seq;
+  std::int32_t row_begin;
+  std::int32_t n_rows;
+  std::int32_t min_pos;
+  std::int32_t max_pos;
+  std::int32_t kv_begin;
+  std::int32_t kv_end;
+  std::int32_t qtile_local;  // query tile index from the sequence's first (mask row order)
+  std::int32_t n_qtiles;     // query tiles of the sequence
+  std::int32_t partial_base;
+  std::int32_t partial_stride;
+  std::int32_t pad;
+};
+
+// One decode CTA (per KV head and head group): query row `row` of sequence seq over the keys
+// [kv_begin, kv_end); partial >= 0: a KV split whose result goes to that partial slot.
+struct DecodeItem {
+  std::int32_t row;
+  std::int32_t seq;
+  std::int32_t kv_begin;
+  std::int32_t kv_end;
+  std::int32_t partial;
+  std::int32_t pad[3];
+};
+
+// Row `row` of out = merge of partial slots [base, base + n_splits).
+struct MergeItem {
+  std::int32_t row;
+  std::int32_t base;
+  std::int32_t n_splits;
+  std::int32_t pad;
+};
+
+// Everything a kernel needs besides its work list, by value.
+struct KernelArgs {
+  const bf16* q;
+  const bf16* k;
+  const bf16* v;
+  bf16* out;
+  const std::int32_t* page_start;
+  const std::int32_t* pages;
+  const std::int32_t* q_pos;
+  float* part_o;    // [slot][n_heads][head_dim]
+  float* part_lse;  // [slot][n_heads], log2 domain
+  std::int64_t block_stride;  // elements
+  int row_stride;             // n_kv_heads * head_dim: elements between tokens of a block
+  int n_heads;
+  int group;  // q heads per kv head
+  int block_size;
+  int bs_shift;  // log2(block_size) when a power of two, else -1
+  float scale_log2;  // softmax scale * log2(e)
+  // Mask (row_ptr == nullptr: dense).
+  int mask_tile;
+  const std::int32_t* seq_row_start;
+  const std::int32_t* row_ptr;
+  const std::int32_t* col_idx;
+  const std::int32_t* column_ptr;
+  const std::int32_t* column_idx;
+};
+
+// Launchers (attention_prefill.cu, attention_decode.cu). head_dim is 64 or 128, tile_rows 64 or 128.
+void launch_prefill(const KernelArgs& a, const PrefillItem* items, int n_items, int head_dim, int tile_rows,
+                    cudaStream_t stream);
+void launch_decode(const KernelArgs& a, const DecodeItem* items, int n_items, int n_kv_heads, int head_groups,
+                   int head_dim, cudaStream_t stream);
+void launch_merge(const KernelArgs& a, const MergeItem* items, int n_items, int head_dim, cudaStream_t stream);
+// Raise the dynamic shared memory limits on the current device and report resident CTAs per SM.
+int prepare_prefill(int head_dim, int tile_rows);
+int prepare_decode(int head_dim);
+std::size_t prefill_smem_bytes(int head_dim, int tile_rows);
+std::size_t decode_smem_bytes(int head_dim);
+
+// ---- device building blocks -------------------------------------------------------------------
+#if defined(__CUDACC__)
+
+__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy global -> shared; when !valid nothing is read and the destination is zeroed.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(n)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, register i receives
+// it (thread t: row t/4, columns 2(t%4), 2(t%4)+1; transposed with .trans).
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// d[16x8] += a[16x16] * b[16x8], bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                          std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ std::uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const std::uint32_t*>(&v);
+}
+
+// 2^x (ex2.approx: 2 ulp, -inf -> +0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// A [rows][D] bf16 tile in shared memory, 16-byte chunks XOR-swizzled by row so that the 8 rows an
+// ldmatrix reads (and a warp's cp.async writes) fall in distinct banks. Offset in elements.
+template <int D>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+// Element offset of token position p of kv head kvh in one layer's K (or V) cache.
+__device__ __forceinline__ std::int64_t kv_offset(const KernelArgs& a, const std::int32_t* seq_pages, int p,
+                                                  int kvh_offset) {
+  int blk, slot;
+  if (a.bs_shift >= 0) {
+    blk = p >> a.bs_shift;
+    slot = p & (a.block_size - 1);
+  } else {
+    blk = p / a.block_size;
+    slot = p - blk * a.block_size;
+  }
+  const std::int32_t page = __ldg(seq_pages + blk);
+  return static_cast<std::int64_t>(page) * a.block_stride + slot * a.row_stride + kvh_offset;
+}
+
+constexpr float kNegInf = -__builtin_huge_valf();
+
+// Online softmax for a warp's 16 rows over NS n-tiles of scores (thread: rows g and g+8), then
+// rescaling of the NO n-tiles of O. m in raw score units, l a per-thread partial sum.
+template <int NS, int NO>
+__device__ __forceinline__ void softmax_update(float (&s)[NS][4], float (&o)[NO][4], float (&m)[2], float (&l)[2],
+                                               float sl2) {
+  float mx[2] = {kNegInf, kNegInf};
+#pragma unroll
+  for (int n = 0; n < NS; ++n) {
+    mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
+  }
+  float ms[2], corr[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    const float mn = fmaxf(m[r], mx[r]);
+    ms[r] = mn == kNegInf ? 0.0f : mn * sl2;
+    corr[r] = fast_exp2(m[r] * sl2 - ms[r]);  // m = -inf: 0
+    m[r] = mn;
+  }
+  float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int n = 0; n < NS; ++n) {
+    s[n][0] = fast_exp2(fmaf(s[n][0], sl2, -ms[0]));
+    s[n][1] = fast_exp2(fmaf(s[n][1], sl2, -ms[0]));
+    s[n][2] = fast_exp2(fmaf(s[n][2], sl2, -ms[1]));
+    s[n][3] = fast_exp2(fmaf(s[n][3], sl2, -ms[1]));
+    sum[0] += s[n][0] + s[n][1];
+    sum[1] += s[n][2] + s[n][3];
+  }
+  l[0] = l[0] * corr[0] + sum[0];
+  l[1] = l[1] * corr[1] + sum[1];
+#pragma unroll
+  for (int n = 0; n < NO; ++n) {
+    o[n][0] *= corr[0];
+    o[n][1] *= corr[0];
+    o[n][2] *= corr[1];
+    o[n][3] *= corr[1];
+  }
+}
+
+#endif  // __CUDACC__
+
+}  // namespace chunkwise::cuda::attn

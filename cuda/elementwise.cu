@@ -1,0 +1,487 @@
+// Element-wise and row-wise kernels of the CUDA backend: embedding lookup, fused residual add +
+// RMSNorm, RoPE with the paged KV-cache write, SwiGLU, row gather and conversions. All memory-bound:
+// one pass over the data, 16-byte vectors (8 bf16 / 2x4 floats) where the row length is a multiple
+// of 8 and the pointers are 16-byte aligned, a scalar path otherwise; fp32 arithmetic throughout.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "chunkwise/core/error.hpp"
+#include "chunkwise/cuda/common.hpp"
+#include "chunkwise/cuda/ops.hpp"
+
+namespace chunkwise::cuda {
+
+// ---- device code ------------------------------------------------------------------------------
+namespace {
+
+using i64 = std::int64_t;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__device__ __forceinline__ i64 global_thread() {
+  return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ i64 global_stride() { return static_cast<i64>(gridDim.x) * blockDim.x; }
+
+// V consecutive floats from p (V = 8: two 16-byte loads; p 16-byte aligned).
+template <int V>
+__device__ __forceinline__ void load_f32(const float* p, float (&f)[V]) {
+  if constexpr (V == 8) {
+    const float4 a = *reinterpret_cast<const float4*>(p);
+    const float4 b = *reinterpret_cast<const float4*>(p + 4);
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) f[e] = p[e];
+  }
+}
+
+template <int V>
+__device__ __forceinline__ void store_f32(float* p, const float (&f)[V]) {
+  if constexpr (V == 8) {
+    *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
+    *reinterpret_cast<float4*>(p + 4) = make_float4(f[4], f[5], f[6], f[7]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) p[e] = f[e];
+  }
+}
+
+// V consecutive bf16 from p as floats (V = 8: one 16-byte load).
+template <int V>
+__device__ __forceinline__ void load_bf16(const bf16* p, float (&f)[V]) {
+  if constexpr (V == 8) {
+    // Each 32-bit word holds two bf16, the lower address in the low half; a bf16 is the top half
+    // of its fp32 value.
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      f[2 * k] = __uint_as_float(w[k] << 16);
+      f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) f[e] = __bfloat162float(p[e]);
+  }
+}
+
+template <int V>
+__device__ __forceinline__ void store_bf16(bf16* p, const float (&f)[V]) {
+  if constexpr (V == 8) {
+    unsigned w[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+      memcpy(&w[k], &h, sizeof(unsigned));
+    }
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) p[e] = __float2bfloat16_rn(f[e]);
+  }
+}
+
+template <int V>
+__device__ __forceinline__ void store_out(bf16* p, const float (&f)[V]) {
+  store_bf16<V>(p, f);
+}
+template <int V>
+__device__ __forceinline__ void store_out(float* p, const float (&f)[V]) {
+  store_f32<V>(p, f);
+}
+
+// ---- embedding ----
+
+template <int V>
+__global__ void embed_kernel(const bf16* __restrict__ table, i64 vocab, i64 dim, const std::int32_t* __restrict__ ids,
+                             i64 n, float* __restrict__ out, int* bad_id_flag) {
+  const i64 vpr = dim / V;
+  const i64 total = n * vpr;
+  for (i64 t = global_thread(); t < total; t += global_stride()) {
+    const i64 r = t / vpr;
+    const i64 c = (t - r * vpr) * V;
+    const std::int32_t id = ids[r];
+    float f[V];
+    if (id < 0 || id >= vocab) {
+#pragma unroll
+      for (int e = 0; e < V; ++e) f[e] = 0.0f;
+      if (bad_id_flag != nullptr && c == 0) *bad_id_flag = 1;
+    } else {
+      load_bf16<V>(table + static_cast<i64>(id) * dim + c, f);
+    }
+    store_f32<V>(out + r * dim + c, f);
+  }
+}
+
+// ---- RMSNorm ----
+
+// Sum over the block; every thread gets the total. blockDim.x is a multiple of 32, at most 1024.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float warp_sums[32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int n_warps = static_cast<int>(blockDim.x) >> 5;
+  if (n_warps == 1) return v;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  float t = lane < n_warps ? warp_sums[lane] : 0.0f;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(kFullMask, t, o);
+  return t;
+}
+
+// One CTA per row; each thread keeps its VPT vectors of V elements in registers, so x is read once.
+// Needs dim % V == 0 and dim / V <= VPT * blockDim.x.
+template <int V, int VPT, class OutT>
+__global__ void rms_norm_kernel(float* __restrict__ x, const float* residual, const bf16* __restrict__ weight, i64 dim,
+                                float eps, OutT* __restrict__ y) {
+  const i64 row = blockIdx.x;
+  float* xr = x + row * dim;
+  const float* rr = residual != nullptr ? residual + row * dim : nullptr;
+  OutT* yr = y + row * dim;
+  const int nvec = static_cast<int>(dim / V);
+  float v[VPT][V];
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < VPT; ++j) {
+    const int k = static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x);
+    if (k < nvec) {
+      load_f32<V>(xr + static_cast<i64>(k) * V, v[j]);
+      if (rr != nullptr) {
+        float r[V];
+        load_f32<V>(rr + static_cast<i64>(k) * V, r);
+#pragma unroll
+        for (int e = 0; e < V; ++e) v[j][e] += r[e];
+        store_f32<V>(xr + static_cast<i64>(k) * V, v[j]);
+      }
+#pragma unroll
+      for (int e = 0; e < V; ++e) ss = __fmaf_rn(v[j][e], v[j][e], ss);
+    }
+  }
+  ss = block_sum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
+#pragma unroll
+  for (int j = 0; j < VPT; ++j) {
+    const int k = static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x);
+    if (k < nvec) {
+      float w[V];
+      load_bf16<V>(weight + static_cast<i64>(k) * V, w);
+      float o[V];
+      // Same rounding order as the CPU reference (and HF): weight * (x * inv).
+#pragma unroll
+      for (int e = 0; e < V; ++e) o[e] = __fmul_rn(w[e], __fmul_rn(v[j][e], inv));
+      store_out<V>(yr + static_cast<i64>(k) * V, o);
+    }
+  }
+}
+
+// Any dim: two passes over the row (the second from L1/L2).
+template <class OutT>
+__global__ void rms_norm_generic_kernel(float* __restrict__ x, const float* residual, const bf16* __restrict__ weight,
+                                        i64 dim, float eps, OutT* __restrict__ y) {
+  const i64 row = blockIdx.x;
+  float* xr = x + row * dim;
+  const float* rr = residual != nullptr ? residual + row * dim : nullptr;
+  OutT* yr = y + row * dim;
+  float ss = 0.0f;
+  for (i64 i = threadIdx.x; i < dim; i += blockDim.x) {
+    float v = xr[i];
+    if (rr != nullptr) {
+      v += rr[i];
+      xr[i] = v;
+    }
+    ss = __fmaf_rn(v, v, ss);
+  }
+  ss = block_sum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
+  for (i64 i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float o[1] = {__fmul_rn(__bfloat162float(weight[i]), __fmul_rn(xr[i], inv))};
+    store_out<1>(yr + i, o);
+  }
+}
+
+// ---- RoPE + KV write ----
+
+constexpr int kMaxHalfHeadDim = 256;
+
+// One CTA per row: cos/sin of the row's position once in shared memory, then every (head, chunk of
+// V pair indices) of q, k and v: q and k rotated, q to q_out, k and v to the cache slot.
+template <int V>
+__global__ void rope_write_kv_kernel(const float* __restrict__ qkv, int n_heads, int n_kv_heads, int head_dim,
+                                     const std::int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
+                                     const i64* __restrict__ slots, bf16* __restrict__ q_out,
+                                     bf16* __restrict__ k_cache, bf16* __restrict__ v_cache) {
+  __shared__ float cos_s[kMaxHalfHeadDim];
+  __shared__ float sin_s[kMaxHalfHeadDim];
+  const i64 r = blockIdx.x;
+  const int half = head_dim / 2;
+  // HF: freqs = inv_freq.float() @ position.float(): one fp32 product, then fp32 cos and sin.
+  const auto pos = static_cast<float>(positions[r]);
+  for (int i = static_cast<int>(threadIdx.x); i < half; i += static_cast<int>(blockDim.x)) {
+    float s, c;
+    sincosf(__fmul_rn(inv_freq[i], pos), &s, &c);
+    cos_s[i] = c;
+    sin_s[i] = s;
+  }
+  __syncthreads();
+  const int heads = n_heads + 2 * n_kv_heads;
+  const int chunks = half / V;
+  const float* row = qkv + r * heads * head_dim;
+  const i64 slot = slots[r];
+  const i64 kv_dim = static_cast<i64>(n_kv_heads) * head_dim;
+  for (int u = static_cast<int>(threadIdx.x); u < heads * chunks; u += static_cast<int>(blockDim.x)) {
+    const int h = u / chunks;
+    const int i = (u - h * chunks) * V;
+    bf16* dst;
+    if (h < n_heads) {
+      dst = q_out + (r * n_heads + h) * head_dim;
+    } else {
+      if (slot < 0) continue;
+      dst = h < n_heads + n_kv_heads ? k_cache + slot * kv_dim + static_cast<i64>(h - n_heads) * head_dim
+                                     : v_cache + slot * kv_dim + static_cast<i64>(h - n_heads - n_kv_heads) * head_dim;
+    }
+    const float* src = row + static_cast<i64>(h) * head_dim;
+    float a[V], b[V];
+    load_f32<V>(src + i, a);
+    load_f32<V>(src + half + i, b);
+    if (h < n_heads + n_kv_heads) {
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const float c = cos_s[i + e];
+        const float s = sin_s[i + e];
+        const float x1 = a[e];
+        const float x2 = b[e];
+        // q * cos + rotate_half(q) * sin, rotate_half(q) = cat(-x2, x1).
+        a[e] = x1 * c - x2 * s;
+        b[e] = x2 * c + x1 * s;
+      }
+    }
+    store_bf16<V>(dst + i, a);
+    store_bf16<V>(dst + half + i, b);
+  }
+}
+
+// ---- SwiGLU ----
+
+template <int V>
+__global__ void swiglu_kernel(const float* __restrict__ gate_up, i64 rows, i64 ffn, bf16* __restrict__ out) {
+  const i64 vpr = ffn / V;
+  const i64 total = rows * vpr;
+  for (i64 t = global_thread(); t < total; t += global_stride()) {
+    const i64 r = t / vpr;
+    const i64 c = (t - r * vpr) * V;
+    const float* g = gate_up + r * 2 * ffn + c;
+    float gv[V], uv[V], o[V];
+    load_f32<V>(g, gv);
+    load_f32<V>(g + ffn, uv);
+#pragma unroll
+    for (int e = 0; e < V; ++e) o[e] = gv[e] / (1.0f + expf(-gv[e])) * uv[e];
+    store_bf16<V>(out + r * ffn + c, o);
+  }
+}
+
+// ---- gather and conversions ----
+
+template <int V>
+__global__ void gather_rows_kernel(const bf16* __restrict__ x, i64 dim, const std::int32_t* __restrict__ rows, i64 n,
+                                   bf16* __restrict__ out) {
+  const i64 vpr = dim / V;
+  const i64 total = n * vpr;
+  for (i64 t = global_thread(); t < total; t += global_stride()) {
+    const i64 i = t / vpr;
+    const i64 c = (t - i * vpr) * V;
+    const std::int32_t src_row = rows[i];
+    bf16* dst = out + i * dim + c;
+    if (src_row < 0) {
+#pragma unroll
+      for (int e = 0; e < V; ++e) dst[e] = __float2bfloat16_rn(0.0f);
+      continue;
+    }
+    const bf16* src = x + static_cast<i64>(src_row) * dim + c;
+    if constexpr (V == 8) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) dst[e] = src[e];
+    }
+  }
+}
+
+// Elements [0, n/V*V) in vectors of V, the tail one by one.
+template <int V>
+__global__ void f32_to_bf16_kernel(const float* __restrict__ x, i64 n, bf16* __restrict__ y) {
+  const i64 nv = n / V;
+  for (i64 t = global_thread(); t < nv; t += global_stride()) {
+    float f[V];
+    load_f32<V>(x + t * V, f);
+    store_bf16<V>(y + t * V, f);
+  }
+  for (i64 i = nv * V + global_thread(); i < n; i += global_stride()) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+template <int V>
+__global__ void bf16_to_f32_kernel(const bf16* __restrict__ x, i64 n, float* __restrict__ y) {
+  const i64 nv = n / V;
+  for (i64 t = global_thread(); t < nv; t += global_stride()) {
+    float f[V];
+    load_bf16<V>(x + t * V, f);
+    store_f32<V>(y + t * V, f);
+  }
+  for (i64 i = nv * V + global_thread(); i < n; i += global_stride()) y[i] = __bfloat162float(x[i]);
+}
+
+}  // namespace
+
+// ---- host launchers ---------------------------------------------------------------------------
+namespace {
+
+constexpr int kThreads = 256;
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Blocks for a grid-stride loop over `work` items.
+unsigned grid_for(i64 work) {
+  const i64 blocks = (work + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(std::clamp<i64>(blocks, 1, i64{1} << 16));
+}
+
+void require(bool cond, const char* op, const std::string& what) {
+  if (!cond) throw Error(ErrorCode::kInvalidArgument, std::string(op) + ": " + what);
+}
+
+template <class OutT>
+void launch_rms_norm(const char* name, float* x, const float* residual, const bf16* weight, i64 rows, i64 dim,
+                     float eps, OutT* y, cudaStream_t stream) {
+  require(rows >= 0 && dim > 0, name, "need rows >= 0 and dim > 0, got rows " + std::to_string(rows) + ", dim " +
+                                          std::to_string(dim));
+  require(x != nullptr && weight != nullptr && y != nullptr, name, "null pointer");
+  if (rows == 0) return;
+  require(rows <= 0x7fffffff, name, "too many rows");
+  const bool vec = dim % 8 == 0 && aligned16(x) && aligned16(weight) && aligned16(y) &&
+                   (residual == nullptr || aligned16(residual));
+  auto threads_for = [](i64 nvec, int vpt) {
+    const i64 t = (nvec + vpt - 1) / vpt;
+    return static_cast<int>(std::clamp<i64>((t + 31) / 32 * 32, 32, 1024));
+  };
+  const auto grid = static_cast<unsigned>(rows);
+  if (vec && dim / 8 <= 4 * 1024) {
+    rms_norm_kernel<8, 4, OutT><<<grid, threads_for(dim / 8, 4), 0, stream>>>(x, residual, weight, dim, eps, y);
+  } else if (dim <= 16 * 1024) {
+    rms_norm_kernel<1, 16, OutT><<<grid, threads_for(dim, 16), 0, stream>>>(x, residual, weight, dim, eps, y);
+  } else {
+    rms_norm_generic_kernel<OutT><<<grid, 1024, 0, stream>>>(x, residual, weight, dim, eps, y);
+  }
+  check_launch(name);
+}
+
+}  // namespace
+
+void embed(const bf16* table, std::int64_t vocab, std::int64_t dim, const std::int32_t* ids, std::int64_t n,
+           float* out, int* bad_id_flag, cudaStream_t stream) {
+  require(vocab >= 0 && dim >= 0 && n >= 0, "embed", "negative size");
+  if (n == 0 || dim == 0) return;
+  require(table != nullptr && ids != nullptr && out != nullptr, "embed", "null pointer");
+  if (dim % 8 == 0 && aligned16(table) && aligned16(out)) {
+    embed_kernel<8><<<grid_for(n * dim / 8), kThreads, 0, stream>>>(table, vocab, dim, ids, n, out, bad_id_flag);
+  } else {
+    embed_kernel<1><<<grid_for(n * dim), kThreads, 0, stream>>>(table, vocab, dim, ids, n, out, bad_id_flag);
+  }
+  check_launch("embed");
+}
+
+void add_rms_norm(float* x, const float* residual, const bf16* weight, std::int64_t rows, std::int64_t dim, float eps,
+                  bf16* y, cudaStream_t stream) {
+  launch_rms_norm("add_rms_norm", x, residual, weight, rows, dim, eps, y, stream);
+}
+
+void rms_norm_f32(float* x, const float* residual, const bf16* weight, std::int64_t rows, std::int64_t dim, float eps,
+                  float* y, cudaStream_t stream) {
+  launch_rms_norm("rms_norm_f32", x, residual, weight, rows, dim, eps, y, stream);
+}
+
+void rope_write_kv(const float* qkv, std::int64_t rows, int n_heads, int n_kv_heads, int head_dim,
+                   const std::int32_t* positions, const float* inv_freq, const std::int64_t* slots, bf16* q_out,
+                   bf16* k_cache, bf16* v_cache, int block_size, cudaStream_t stream) {
+  require(rows >= 0 && n_heads > 0 && n_kv_heads > 0 && block_size > 0, "rope_write_kv",
+          "need rows >= 0 and positive n_heads, n_kv_heads and block_size");
+  require(head_dim > 0 && head_dim % 2 == 0 && head_dim / 2 <= kMaxHalfHeadDim, "rope_write_kv",
+          "head_dim must be even and at most " + std::to_string(2 * kMaxHalfHeadDim) + ", got " +
+              std::to_string(head_dim));
+  if (rows == 0) return;
+  require(rows <= 0x7fffffff, "rope_write_kv", "too many rows");
+  require(qkv != nullptr && positions != nullptr && inv_freq != nullptr && slots != nullptr && q_out != nullptr &&
+              k_cache != nullptr && v_cache != nullptr,
+          "rope_write_kv", "null pointer");
+  const int half = head_dim / 2;
+  const int heads = n_heads + 2 * n_kv_heads;
+  const bool vec = half % 8 == 0 && aligned16(qkv) && aligned16(q_out) && aligned16(k_cache) && aligned16(v_cache);
+  const int units = heads * (vec ? half / 8 : half);
+  const int threads = std::clamp((units + 31) / 32 * 32, 32, 256);
+  const auto grid = static_cast<unsigned>(rows);
+  if (vec) {
+    rope_write_kv_kernel<8><<<grid, threads, 0, stream>>>(qkv, n_heads, n_kv_heads, head_dim, positions, inv_freq,
+                                                          slots, q_out, k_cache, v_cache);
+  } else {
+    rope_write_kv_kernel<1><<<grid, threads, 0, stream>>>(qkv, n_heads, n_kv_heads, head_dim, positions, inv_freq,
+                                                          slots, q_out, k_cache, v_cache);
+  }
+  check_launch("rope_write_kv");
+}
+
+void swiglu(const float* gate_up, std::int64_t rows, std::int64_t ffn, bf16* out, cudaStream_t stream) {
+  require(rows >= 0 && ffn >= 0, "swiglu", "negative size");
+  if (rows == 0 || ffn == 0) return;
+  require(gate_up != nullptr && out != nullptr, "swiglu", "null pointer");
+  if (ffn % 8 == 0 && aligned16(gate_up) && aligned16(out)) {
+    swiglu_kernel<8><<<grid_for(rows * ffn / 8), kThreads, 0, stream>>>(gate_up, rows, ffn, out);
+  } else {
+    swiglu_kernel<1><<<grid_for(rows * ffn), kThreads, 0, stream>>>(gate_up, rows, ffn, out);
+  }
+  check_launch("swiglu");
+}
+
+void gather_rows(const bf16* x, std::int64_t dim, const std::int32_t* rows, std::int64_t n, bf16* out,
+                 cudaStream_t stream) {
+  require(dim >= 0 && n >= 0, "gather_rows", "negative size");
+  if (n == 0 || dim == 0) return;
+  require(x != nullptr && rows != nullptr && out != nullptr, "gather_rows", "null pointer");
+  if (dim % 8 == 0 && aligned16(x) && aligned16(out)) {
+    gather_rows_kernel<8><<<grid_for(n * dim / 8), kThreads, 0, stream>>>(x, dim, rows, n, out);
+  } else {
+    gather_rows_kernel<1><<<grid_for(n * dim), kThreads, 0, stream>>>(x, dim, rows, n, out);
+  }
+  check_launch("gather_rows");
+}
+
+void f32_to_bf16(const float* x, std::int64_t n, bf16* y, cudaStream_t stream) {
+  require(n >= 0, "f32_to_bf16", "negative size");
+  if (n == 0) return;
+  require(x != nullptr && y != nullptr, "f32_to_bf16", "null pointer");
+  if (aligned16(x) && aligned16(y)) {
+    f32_to_bf16_kernel<8><<<grid_for(n / 8 + 1), kThreads, 0, stream>>>(x, n, y);
+  } else {
+    f32_to_bf16_kernel<1><<<grid_for(n), kThreads, 0, stream>>>(x, n, y);
+  }
+  check_launch("f32_to_bf16");
+}
+
+void bf16_to_f32(const bf16* x, std::int64_t n, float* y, cudaStream_t stream) {
+  require(n >= 0, "bf16_to_f32", "negative size");
+  if (n == 0) return;
+  require(x != nullptr && y != nullptr, "bf16_to_f32", "null pointer");
+  if (aligned16(x) && aligned16(y)) {
+    bf16_to_f32_kernel<8><<<grid_for(n / 8 + 1), kThreads, 0, stream>>>(x, n, y);
+  } else {
+    bf16_to_f32_kernel<1><<<grid_for(n), kThreads, 0, stream>>>(x, n, y);
+  }
+  check_launch("bf16_to_f32");
+}
+
+}  // namespace chunkwise::cuda

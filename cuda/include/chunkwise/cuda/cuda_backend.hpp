@@ -1,0 +1,57 @@
+// The CUDA backend: the Llama-family forward on one GPU. bf16 weights and KV cache, fp32
+// residual stream and accumulation; matrix products through cuBLAS, everything else in our
+// kernels (chunkwise/cuda/ops.hpp, chunkwise/cuda/attention.hpp). Satisfies the Backend contract
+// of InferenceSession, and is checked against CpuBackend (tests/cuda).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+
+#include "chunkwise/backend/any_backend.hpp"
+#include "chunkwise/backend/forward_batch.hpp"
+#include "chunkwise/core/sampling.hpp"
+#include "chunkwise/model/model.hpp"
+
+namespace chunkwise::cuda {
+
+class CudaBackend {
+ public:
+  // Uploads the model (as bf16) to device `device` and allocates num_blocks KV blocks of
+  // block_size tokens (1 to 128) for every layer. Throws Error(kBackend) when there is no such
+  // device or its memory is short, kInvalidArgument for unsupported shapes.
+  CudaBackend(std::shared_ptr<const Model> model, int num_blocks, int block_size, int device = 0);
+  ~CudaBackend();
+  CudaBackend(CudaBackend&&) noexcept;
+  CudaBackend& operator=(CudaBackend&&) noexcept;
+
+  // Runs the model on batch and writes logits [batch.logit_rows.size(), vocab] (fp32, host) into
+  // logits. Same errors as CpuBackend::forward.
+  void forward(const ForwardBatch& batch, std::span<float> logits);
+  // forward() and one token per logits row sampled on the device, exactly as chunkwise::sample()
+  // draws it: only token ids come back to the host.
+  void forward_sample(const ForwardBatch& batch, std::span<const SampleRow> rows, std::span<TokenId> out);
+
+  [[nodiscard]] const Model& model() const;
+  [[nodiscard]] int num_blocks() const;
+  [[nodiscard]] int block_size() const;
+  [[nodiscard]] int device() const;
+
+  // Bytes of KV one block takes across all layers (K and V, bf16).
+  static std::size_t kv_bytes_per_block(const ModelConfig& config, int block_size);
+
+  // A saved block is kv_bytes_per_block() bytes: every layer's K block, then every layer's V block.
+  void copy_block(BlockId src, BlockId dst);
+  void save_block(BlockId src, std::span<std::byte> dst) const;
+  void load_block(BlockId dst, std::span<const std::byte> src);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// For InferenceSession<..., AnyBackend> / Engine: SessionConfig::backend = cuda::backend_provider(0).
+std::shared_ptr<const BackendProvider> backend_provider(int device = 0);
+
+}  // namespace chunkwise::cuda

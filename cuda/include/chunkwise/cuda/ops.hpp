@@ -1,0 +1,118 @@
+// Element-wise, row-wise and sampling kernels of the CUDA backend. Every launcher takes raw device
+// pointers with explicit shapes (row-major, contiguous rows) and enqueues its work on `stream`
+// without synchronising, so a step can be captured in a CUDA graph. Shapes are checked on the host
+// (Error(kInvalidArgument)); a bad launch throws Error(kBackend). Zero rows is a no-op.
+//
+// Storage: bf16 for weights, the KV cache and GEMM inputs; fp32 for the residual stream and GEMM
+// outputs. All arithmetic is fp32. Where the shapes allow (a row length that is a multiple of 8 and
+// 16-byte aligned pointers) rows move in 16-byte vectors; other shapes take a scalar path.
+// Each op matches its CPU reference in chunkwise/backend/cpu/ops.hpp (tests/cuda/test_ops.cpp).
+//
+// C++17 and framework-free on purpose: this header is included by plain C++ code and by nvcc.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "chunkwise/cuda/common.hpp"
+
+namespace chunkwise::cuda {
+
+// out[i, :] = table[ids[i], :] as fp32 (cpu::embed). table is [vocab, dim].
+// Device-side guard: an id outside [0, vocab) writes a row of zeros and sets *bad_id_flag = 1 (when
+// the flag is non-null). The kernel only ever sets the flag: clear it before the launch if you read
+// it. The host is expected to have checked the ids already (CudaBackend does); the flag catches a
+// corrupted upload without reading out of bounds.
+void embed(const bf16* table, std::int64_t vocab, std::int64_t dim, const std::int32_t* ids, std::int64_t n,
+           float* out, int* bad_id_flag, cudaStream_t stream);
+
+// Fused residual add and RMSNorm over rows of x [rows, dim] (cpu::rms_norm):
+//   if residual != nullptr: x += residual (in place, fp32; residual may equal x);
+//   y = weight * (x * 1/sqrt(mean(x^2) + eps)), stored as bf16. y must not overlap x.
+// One CTA (one warp for short rows) per row.
+void add_rms_norm(float* x, const float* residual, const bf16* weight, std::int64_t rows, std::int64_t dim,
+                  float eps, bf16* y, cudaStream_t stream);
+// The same with an fp32 output (y may not overlap x).
+void rms_norm_f32(float* x, const float* residual, const bf16* weight, std::int64_t rows, std::int64_t dim,
+                  float eps, float* y, cudaStream_t stream);
+
+// RoPE and the KV-cache write of one layer (cpu::rope on q and k, then cpu::write_kv).
+// qkv rows [rows, (n_heads + 2*n_kv_heads) * head_dim] fp32 are [q | k | v], the output of one fused
+// QKV GEMM. Rotate-half RoPE (HF convention: pairs (i, i + head_dim/2), angle = positions[r] *
+// inv_freq[i] as one fp32 product, cos/sin in fp32) is applied to q and k.
+//   q_out   [rows, n_heads, head_dim] bf16
+//   k_cache, v_cache: this layer's cache [num_blocks, block_size, n_kv_heads, head_dim] bf16; row r
+//   goes to slot = block * block_size + offset = slots[r], i.e. element
+//   slot * n_kv_heads * head_dim + head * head_dim + i. A negative slot skips the K/V write of that
+//   row (device-side guard; the host validates slots).
+// inv_freq: device array of head_dim/2 floats (cpu::rope_inv_freq). head_dim must be even and at
+// most 512; block_size only has to be positive (the address depends on the slot alone).
+void rope_write_kv(const float* qkv, std::int64_t rows, int n_heads, int n_kv_heads, int head_dim,
+                   const std::int32_t* positions, const float* inv_freq, const std::int64_t* slots, bf16* q_out,
+                   bf16* k_cache, bf16* v_cache, int block_size, cudaStream_t stream);
+
+// out[r, i] = silu(gate[r, i]) * up[r, i] as bf16 (cpu::swiglu), where gate_up rows
+// [rows, 2*ffn] fp32 are [gate | up] (one fused gate/up GEMM). out is [rows, ffn].
+void swiglu(const float* gate_up, std::int64_t rows, std::int64_t ffn, bf16* out, cudaStream_t stream);
+
+// out[i, :] = x[rows[i], :] for the n rows whose logits are wanted; x and out have dim columns.
+// The row indices must be valid rows of x (a negative one writes zeros).
+void gather_rows(const bf16* x, std::int64_t dim, const std::int32_t* rows, std::int64_t n, bf16* out,
+                 cudaStream_t stream);
+
+// Conversions of n contiguous elements (round to nearest even; bf16 -> fp32 is exact).
+void f32_to_bf16(const float* x, std::int64_t n, bf16* y, cudaStream_t stream);
+void bf16_to_f32(const bf16* x, std::int64_t n, float* y, cudaStream_t stream);
+
+// ---- sampling ---------------------------------------------------------------------------------
+
+// One row's sampling parameters, as chunkwise::SampleRow (SamplingParams + step) in device memory.
+struct DeviceSampleRow {
+  float temperature = 0.0f;  // 0 = greedy
+  int top_k = 0;             // 0 = off
+  float top_p = 1.0f;        // 1 = off
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;  // index of the token being generated within its request
+};
+using SamplingParamsDevice = DeviceSampleRow;
+
+// Bytes of device workspace sample_tokens() needs for rows x vocab (currently 0: every row is
+// sampled by one CTA in shared memory; query it anyway, it may grow).
+std::size_t sample_workspace_bytes(std::int64_t rows, int vocab);
+
+// out_tokens[r] = chunkwise::sample(logits + r*vocab, vocab, params[r], params[r].step), drawn on
+// the device, one CTA per row; logits [rows, vocab] fp32, params [rows].
+//
+// Exactness against the host sampler (src/core/sampling.cpp):
+//  * Greedy rows (temperature 0 or top_k 1) and the host's fallbacks (no finite candidate, a +inf
+//    logit) are the argmax with the host's rules (NaN never wins, ties to the lowest id): always
+//    identical.
+//  * Sampled rows keep exactly the host's candidate set: NaN and -inf excluded, top-k by
+//    (logit desc, id asc), the nucleus as the shortest head of that order reaching top_p of the mass.
+//    The weights are bit-identical to the host's float exp((logit - max) * (1/temperature)): the
+//    kernel evaluates glibc's expf algorithm (x86-64 FMA variant, glibc >= 2.27) step by step;
+//    sampling_expf() below exposes it so the tests can check it against the host's libm.
+//    The sums are exact: each weight is turned into a 128-bit fixed-point number (2^-96 units, so a
+//    weight below 2^-73 loses low-order bits) and sums, the top_p target and the draw
+//    u = uniform(seed, step) * mass are exact integer arithmetic. The host adds the same weights in
+//    double, in a fixed sequential order, so its sums carry rounding errors of about 1e-16 times
+//    the number of terms. The two pick different tokens only when the host's draw (or its top-p
+//    cumulative mass) lies within that rounding error of a boundary between two tokens: about
+//    1e-12 per row for a 128k vocabulary. The device result is deterministic (integer arithmetic,
+//    no atomics on floats) and does not depend on the batch.
+//  * On a host whose libm expf is not glibc's (e.g. another libc or CPU architecture) weights may
+//    differ by an ulp and boundary cases widen to about 1e-7 relative.
+//  * Parameters are expected to be valid (chunkwise::validate); an invalid row gets token -1. A
+//    temperature so small that 1/temperature overflows gives the argmax (the host's arithmetic
+//    then degenerates into NaN weights).
+// workspace may be null when sample_workspace_bytes() is 0.
+void sample_tokens(const float* logits, std::int64_t rows, int vocab, const DeviceSampleRow* params,
+                   std::int32_t* out_tokens, void* workspace, std::size_t workspace_bytes, cudaStream_t stream);
+
+// y[i] = the weight function sample_tokens() uses: the same value as glibc's expf(x[i]) on x86-64
+// (FMA variant). Exposed for tests.
+void sampling_expf(const float* x, std::int64_t n, float* y, cudaStream_t stream);
+
+}  // namespace chunkwise::cuda

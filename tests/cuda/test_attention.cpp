@@ -1,0 +1,601 @@
+// chunkwise::cuda::PagedAttention against the CPU reference (cpu::paged_attention) on the same
+// bf16-rounded inputs, and block-sparse masks against a double-precision masked reference.
+// Every case: fresh random inputs, random page tables (shuffled block ids in a pool larger than
+// needed, unused slots and slots past kv_len poisoned with NaN so that a stray read shows), the
+// output poisoned with NaN before every run. Each case prints one line per configuration: shape,
+// plan, max abs error, relative error ||out - ref|| / ||ref|| (all rows, decode rows, prefill
+// rows), unwritten (NaN) elements and the worst element.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "chunkwise/backend/cpu/ops.hpp"
+#include "chunkwise/core/error.hpp"
+#include "chunkwise/cuda/attention.hpp"
+#include "chunkwise/cuda/common.hpp"
+
+namespace {
+
+using chunkwise::Error;
+using chunkwise::ErrorCode;
+using chunkwise::cuda::AttentionBatchView;
+using chunkwise::cuda::AttentionPlanOptions;
+using chunkwise::cuda::bf16;
+using chunkwise::cuda::BlockSparseMaskView;
+using chunkwise::cuda::check_cuda;
+using chunkwise::cuda::DeviceBuffer;
+using chunkwise::cuda::PagedAttention;
+using chunkwise::cuda::PagedKvView;
+
+constexpr std::uint16_t kNanBits = 0x7fc0;
+
+std::uint16_t to_bf16_bits(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return kNanBits;
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return static_cast<std::uint16_t>(u >> 16);
+}
+float from_bf16_bits(std::uint16_t b) {
+  const std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <class T>
+DeviceBuffer<T> to_device(const std::vector<T>& v) {
+  DeviceBuffer<T> d(std::max<std::size_t>(v.size(), 1));
+  if (!v.empty()) check_cuda(cudaMemcpy(d.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
+  return d;
+}
+DeviceBuffer<bf16> bf16_to_device(const std::vector<std::uint16_t>& v) {
+  DeviceBuffer<bf16> d(std::max<std::size_t>(v.size(), 1));
+  if (!v.empty()) check_cuda(cudaMemcpy(d.get(), v.data(), v.size() * 2, cudaMemcpyHostToDevice), "upload");
+  return d;
+}
+
+struct Shape {
+  int n_heads, n_kv, d, bs;
+};
+// `rows` query rows at positions start .. start + rows - 1; the cache holds start + rows tokens.
+struct Seq {
+  int rows, start;
+};
+
+// One batch: metadata, inputs (bf16 bits and their fp32 values) and device copies.
+struct Problem {
+  Shape sh{};
+  std::vector<Seq> seqs;
+  std::vector<std::int32_t> qs, ps, pages, kvl, pos;
+  int num_blocks = 0;
+  std::vector<std::uint16_t> q, k, v;
+  std::vector<float> qf, kf, vf;
+  DeviceBuffer<bf16> dq, dk, dv, dout;
+  DeviceBuffer<std::int32_t> dqs, dps, dpages, dkvl, dpos;
+
+  [[nodiscard]] int rows() const { return static_cast<int>(pos.size()); }
+  [[nodiscard]] std::size_t out_elems() const {
+    return static_cast<std::size_t>(rows()) * static_cast<std::size_t>(sh.n_heads) * static_cast<std::size_t>(sh.d);
+  }
+  [[nodiscard]] PagedKvView kv() const { return {dk.get(), dv.get(), sh.bs, sh.n_kv, sh.d}; }
+  [[nodiscard]] AttentionBatchView batch() const {
+    return {dqs.get(), dps.get(), dpages.get(), dkvl.get(), dpos.get(), static_cast<int>(seqs.size()), rows()};
+  }
+  [[nodiscard]] std::int64_t slot_offset(int s, int p) const {  // element offset of token p of sequence s, head 0
+    const std::int32_t block = pages[static_cast<std::size_t>(ps[static_cast<std::size_t>(s)] + p / sh.bs)];
+    return (static_cast<std::int64_t>(block) * sh.bs + p % sh.bs) * sh.n_kv * sh.d;
+  }
+};
+
+Problem make_problem(const Shape& sh, const std::vector<Seq>& seqs, std::uint32_t seed) {
+  Problem pr;
+  pr.sh = sh;
+  pr.seqs = seqs;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  pr.qs.push_back(0);
+  pr.ps.push_back(0);
+  int needed = 0;
+  for (const Seq& s : seqs) {
+    const int len = s.start + s.rows;
+    for (int i = 0; i < s.rows; ++i) pr.pos.push_back(s.start + i);
+    pr.qs.push_back(pr.qs.back() + s.rows);
+    const int nb = (len + sh.bs - 1) / sh.bs;
+    needed += nb;
+    pr.ps.push_back(pr.ps.back() + nb);
+    pr.kvl.push_back(len);
+  }
+  pr.num_blocks = needed + needed / 4 + 3;
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(pr.num_blocks));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  pr.pages.assign(ids.begin(), ids.begin() + needed);
+
+  // The pool: NaN everywhere (unused blocks, slots past kv_len), random values in the used slots.
+  const std::size_t pool = static_cast<std::size_t>(pr.num_blocks) * sh.bs * sh.n_kv * sh.d;
+  pr.k.assign(pool, kNanBits);
+  pr.v.assign(pool, kNanBits);
+  const int kv_dim = sh.n_kv * sh.d;
+  for (std::size_t s = 0; s < seqs.size(); ++s) {
+    for (int p = 0; p < pr.kvl[s]; ++p) {
+      const std::int64_t off = pr.slot_offset(static_cast<int>(s), p);
+      for (int x = 0; x < kv_dim; ++x) {
+        pr.k[static_cast<std::size_t>(off + x)] = to_bf16_bits(normal(rng));
+        pr.v[static_cast<std::size_t>(off + x)] = to_bf16_bits(normal(rng));
+      }
+    }
+  }
+  pr.q.resize(pr.out_elems());
+  for (auto& x : pr.q) x = to_bf16_bits(normal(rng));
+  pr.qf.resize(pr.q.size());
+  pr.kf.resize(pool);
+  pr.vf.resize(pool);
+  for (std::size_t i = 0; i < pr.q.size(); ++i) pr.qf[i] = from_bf16_bits(pr.q[i]);
+  for (std::size_t i = 0; i < pool; ++i) {
+    pr.kf[i] = from_bf16_bits(pr.k[i]);
+    pr.vf[i] = from_bf16_bits(pr.v[i]);
+  }
+  pr.dq = bf16_to_device(pr.q);
+  pr.dk = bf16_to_device(pr.k);
+  pr.dv = bf16_to_device(pr.v);
+  pr.dout = DeviceBuffer<bf16>(std::max<std::size_t>(pr.out_elems(), 1));
+  pr.dqs = to_device(pr.qs);
+  pr.dps = to_device(pr.ps);
+  pr.dpages = to_device(pr.pages);
+  pr.dkvl = to_device(pr.kvl);
+  pr.dpos = to_device(pr.pos);
+  return pr;
+}
+
+float default_scale(const Problem& pr) { return 1.0f / std::sqrt(static_cast<float>(pr.sh.d)); }
+
+std::vector<float> cpu_reference(const Problem& pr) {
+  chunkwise::cpu::PagedKv cache;
+  cache.k = const_cast<float*>(pr.kf.data());
+  cache.v = const_cast<float*>(pr.vf.data());
+  cache.block_size = pr.sh.bs;
+  cache.n_kv_heads = pr.sh.n_kv;
+  cache.head_dim = pr.sh.d;
+  const chunkwise::cpu::AttentionBatch b{pr.qs, pr.ps, pr.pages, pr.kvl, pr.pos};
+  std::vector<float> out(pr.out_elems());
+  chunkwise::cpu::paged_attention(pr.qf.data(), cache, b, pr.sh.n_heads, default_scale(pr), out.data());
+  return out;
+}
+
+// Poisons out, runs, returns out as floats.
+std::vector<float> run_gpu(Problem& pr, PagedAttention& attn, const BlockSparseMaskView* mask, cudaStream_t stream) {
+  check_cuda(cudaMemsetAsync(pr.dout.get(), 0xff, pr.out_elems() * sizeof(bf16), stream), "poison out");
+  attn.run(pr.dq.get(), pr.kv(), pr.batch(), mask, default_scale(pr), pr.dout.get(), stream);
+  check_cuda(cudaStreamSynchronize(stream), "attention run");
+  std::vector<std::uint16_t> bits(pr.out_elems());
+  check_cuda(cudaMemcpy(bits.data(), pr.dout.get(), bits.size() * 2, cudaMemcpyDeviceToHost), "download");
+  std::vector<float> out(bits.size());
+  for (std::size_t i = 0; i < bits.size(); ++i) out[i] = from_bf16_bits(bits[i]);
+  return out;
+}
+
+struct Errors {
+  double max_abs = 0, rel = 0, rel_decode = 0, rel_prefill = 0;
+  std::size_t unwritten = 0;
+  std::string worst;
+};
+
+template <class Ref>
+Errors compare(const Problem& pr, const std::vector<float>& got, const std::vector<Ref>& ref) {
+  Errors e;
+  double num[2] = {0, 0}, den[2] = {0, 0};
+  std::size_t worst_i = 0;
+  const std::size_t row_elems = static_cast<std::size_t>(pr.sh.n_heads) * pr.sh.d;
+  std::vector<int> row_kind(static_cast<std::size_t>(pr.rows()));  // 0 decode, 1 prefill
+  for (std::size_t s = 0; s < pr.seqs.size(); ++s)
+    for (int r = pr.qs[s]; r < pr.qs[s + 1]; ++r) row_kind[static_cast<std::size_t>(r)] = pr.seqs[s].rows > 1 ? 1 : 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const double r = static_cast<double>(ref[i]);
+    const int kind = row_kind[i / row_elems];
+    if (std::isnan(got[i])) {
+      ++e.unwritten;
+      num[kind] += r * r + 1.0;
+      den[kind] += r * r;
+      continue;
+    }
+    const double diff = std::fabs(static_cast<double>(got[i]) - r);
+    if (diff > e.max_abs) {
+      e.max_abs = diff;
+      worst_i = i;
+    }
+    num[kind] += diff * diff;
+    den[kind] += r * r;
+  }
+  auto rel = [](double n, double d) { return d > 0 ? std::sqrt(n / d) : std::sqrt(n); };
+  e.rel = rel(num[0] + num[1], den[0] + den[1]);
+  e.rel_decode = rel(num[0], den[0]);
+  e.rel_prefill = rel(num[1], den[1]);
+  const std::size_t row = worst_i / row_elems;
+  const std::size_t head = (worst_i % row_elems) / static_cast<std::size_t>(pr.sh.d);
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "worst: row %zu (pos %d) head %zu dim %zu got %.5g ref %.5g", row,
+                pr.pos.empty() ? -1 : pr.pos[row], head, worst_i % static_cast<std::size_t>(pr.sh.d),
+                static_cast<double>(got[worst_i]), static_cast<double>(ref[worst_i]));
+  e.worst = buf;
+  return e;
+}
+
+std::string describe(const Problem& pr) {
+  int dec = 0, pre = 0;
+  for (const Seq& s : pr.seqs) (s.rows > 1 ? pre : dec) += 1;
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "h%d/%d d%d bs%d seqs %zu (decode %d, prefill %d) rows %d", pr.sh.n_heads,
+                pr.sh.n_kv, pr.sh.d, pr.sh.bs, pr.seqs.size(), dec, pre, pr.rows());
+  return buf;
+}
+
+std::string describe(const PagedAttention& attn) {
+  const auto& s = attn.stats();
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "plan: tile %d prefill_ctas/head %d psplit %d decode_ctas/kvhead %d dsplit %d merge %d launches %d",
+                s.prefill_tile_rows, s.prefill_items, s.prefill_splits, s.decode_items, s.decode_splits, s.merge_rows,
+                s.launches);
+  return buf;
+}
+
+void report(const std::string& name, const std::string& cfg, const Problem& pr, const PagedAttention& attn,
+            const Errors& e) {
+  std::printf("[attention] %-28s %-14s %s | %s | max_abs %.3e rel %.3e (decode %.3e prefill %.3e) unwritten %zu | %s\n",
+              name.c_str(), cfg.c_str(), describe(pr).c_str(), describe(attn).c_str(), e.max_abs, e.rel, e.rel_decode,
+              e.rel_prefill, e.unwritten, e.worst.c_str());
+  std::fflush(stdout);
+}
+
+struct Config {
+  const char* name;
+  AttentionPlanOptions opt;
+};
+const std::vector<Config>& configs() {
+  static const std::vector<Config> c = {
+      {"auto", {}},
+      {"t64+splits", {64, 256, 256}},
+      {"t128-nosplit", {128, -1, -1}},
+  };
+  return c;
+}
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { check_cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"); }
+  ~Stream() { cudaStreamDestroy(s); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+};
+
+// Runs a problem under every configuration against the CPU reference; returns the auto plan's stats.
+chunkwise::cuda::AttentionPlanStats check_dense(const std::string& name, Problem& pr) {
+  const std::vector<float> ref = cpu_reference(pr);
+  Stream stream;
+  PagedAttention attn;
+  chunkwise::cuda::AttentionPlanStats auto_stats;
+  for (const Config& c : configs()) {
+    attn.set_options(c.opt);
+    attn.plan(pr.qs, pr.ps, pr.kvl, pr.pos, pr.sh.n_heads, pr.sh.n_kv, pr.sh.d, pr.sh.bs, stream.s);
+    if (std::string(c.name) == "auto") auto_stats = attn.stats();
+    const std::vector<float> got = run_gpu(pr, attn, nullptr, stream.s);
+    const Errors e = compare(pr, got, ref);
+    report(name, c.name, pr, attn, e);
+    INFO(name << " " << c.name << " " << describe(pr) << " " << describe(attn) << " rel " << e.rel << " unwritten "
+              << e.unwritten << " " << e.worst);
+    CHECK(e.unwritten == 0);
+    CHECK(e.rel < 1e-2);
+  }
+  return auto_stats;
+}
+
+// ---- block-sparse ------------------------------------------------------------------------------
+
+// A host mask in the BlockSparseMaskView layout plus its device copy.
+struct Mask {
+  int tile = 128;
+  std::vector<std::int32_t> seq_row_start, row_ptr, col_idx, column_ptr, column_idx;
+  DeviceBuffer<std::int32_t> d_srs, d_rp, d_ci, d_cp, d_cx;
+  BlockSparseMaskView view{};
+  void upload(bool with_columns) {
+    d_srs = to_device(seq_row_start);
+    d_rp = to_device(row_ptr);
+    d_ci = to_device(col_idx);
+    view = BlockSparseMaskView{tile, d_srs.get(), d_rp.get(), d_ci.get(), nullptr, nullptr};
+    if (with_columns) {
+      d_cp = to_device(column_ptr);
+      d_cx = to_device(column_idx);
+      view.column_ptr = d_cp.get();
+      view.column_idx = d_cx.get();
+    }
+  }
+};
+
+// kind: "full" (every causal tile), "random" (diagonal + ~density of the others), "holes"
+// (random, some rows without their diagonal and some rows empty), "columns" (random + columns).
+Mask make_mask(const Problem& pr, int tile, const std::vector<bool>& masked, const std::string& kind, double density,
+               std::mt19937& rng) {
+  Mask m;
+  m.tile = tile;
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  m.seq_row_start.push_back(0);
+  m.row_ptr.push_back(0);
+  m.column_ptr.push_back(0);
+  for (std::size_t s = 0; s < pr.seqs.size(); ++s) {
+    const Seq& sq = pr.seqs[s];
+    if (!masked[s] || sq.rows <= 1) {
+      m.seq_row_start.push_back(m.seq_row_start.back());
+      continue;
+    }
+    const int first = sq.start / tile, last = (sq.start + sq.rows - 1) / tile;
+    for (int h = 0; h < pr.sh.n_heads; ++h) {
+      for (int t = first; t <= last; ++t) {
+        std::vector<int> kept;
+        const double r = u(rng);
+        const bool empty = kind == "holes" && r < 0.1;
+        const bool no_diag = kind == "holes" && r >= 0.1 && r < 0.3;
+        for (int c = 0; c <= t && !empty; ++c) {
+          const bool keep = kind == "full" || (c == t && !no_diag) || (c < t && u(rng) < density);
+          if (keep) kept.push_back(c);
+        }
+        m.col_idx.insert(m.col_idx.end(), kept.begin(), kept.end());
+        m.row_ptr.push_back(static_cast<std::int32_t>(m.col_idx.size()));
+        if (kind == "columns") {
+          // Up to 100 positions before the tile, outside the kept tiles.
+          std::vector<int> cand;
+          for (int p = 0; p < t * tile; ++p)
+            if (!std::binary_search(kept.begin(), kept.end(), p / tile)) cand.push_back(p);
+          std::shuffle(cand.begin(), cand.end(), rng);
+          cand.resize(std::min<std::size_t>(cand.size(), 1 + rng() % 100));
+          std::sort(cand.begin(), cand.end());
+          m.column_idx.insert(m.column_idx.end(), cand.begin(), cand.end());
+        }
+        m.column_ptr.push_back(static_cast<std::int32_t>(m.column_idx.size()));
+      }
+    }
+    m.seq_row_start.push_back(static_cast<std::int32_t>(m.row_ptr.size() - 1));
+  }
+  m.upload(kind == "columns");
+  return m;
+}
+
+// Double-precision masked reference.
+std::vector<double> masked_reference(const Problem& pr, const Mask& m, bool with_columns) {
+  const int H = pr.sh.n_heads, D = pr.sh.d, group = pr.sh.n_heads / pr.sh.n_kv, T = m.tile;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  std::vector<double> out(pr.out_elems(), 0.0);
+  std::vector<int> keys;
+  std::vector<double> w;
+  for (std::size_t s = 0; s < pr.seqs.size(); ++s) {
+    const Seq& sq = pr.seqs[s];
+    const bool masked = m.seq_row_start[s + 1] > m.seq_row_start[s] && sq.rows > 1;
+    const int first = sq.start / T, n_qtiles = (sq.start + sq.rows - 1) / T - first + 1;
+    for (int r = pr.qs[s]; r < pr.qs[s + 1]; ++r) {
+      const int p = pr.pos[static_cast<std::size_t>(r)];
+      for (int h = 0; h < H; ++h) {
+        keys.clear();
+        if (!masked) {
+          for (int k = 0; k <= p; ++k) keys.push_back(k);
+        } else {
+          const int mrow = m.seq_row_start[s] + h * n_qtiles + (p / T - first);
+          for (int i = m.row_ptr[static_cast<std::size_t>(mrow)]; i < m.row_ptr[static_cast<std::size_t>(mrow) + 1]; ++i) {
+            const int c = m.col_idx[static_cast<std::size_t>(i)];
+            for (int k = c * T; k < (c + 1) * T && k <= p; ++k) keys.push_back(k);
+          }
+          if (with_columns) {
+            for (int i = m.column_ptr[static_cast<std::size_t>(mrow)]; i < m.column_ptr[static_cast<std::size_t>(mrow) + 1];
+                 ++i) {
+              const int k = m.column_idx[static_cast<std::size_t>(i)];
+              if (k >= 0 && k <= p) keys.push_back(k);
+            }
+          }
+        }
+        if (keys.empty()) continue;
+        const float* qv = pr.qf.data() + (static_cast<std::size_t>(r) * H + h) * D;
+        const int kvh = h / group;
+        w.resize(keys.size());
+        double mx = -1e300;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+          const float* kv = pr.kf.data() + pr.slot_offset(static_cast<int>(s), keys[i]) + kvh * D;
+          double dot = 0;
+          for (int x = 0; x < D; ++x) dot += static_cast<double>(qv[x]) * kv[x];
+          w[i] = dot * scale;
+          mx = std::max(mx, w[i]);
+        }
+        double sum = 0;
+        for (double& x : w) sum += (x = std::exp(x - mx));
+        double* o = out.data() + (static_cast<std::size_t>(r) * H + h) * D;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+          const float* vv = pr.vf.data() + pr.slot_offset(static_cast<int>(s), keys[i]) + kvh * D;
+          for (int x = 0; x < D; ++x) o[x] += w[i] / sum * vv[x];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("paged attention matches the CPU reference on ragged batches, GQA shapes and block sizes",
+          "[cuda][attention]") {
+  struct Spec {
+    const char* name;
+    Shape sh;
+    std::vector<Seq> seqs;
+  };
+  const std::vector<Spec> specs = {
+      {"gqa9/3 d64 bs16 mixed",
+       {9, 3, 64, 16},
+       {{1, 0}, {1, 62}, {1, 63}, {1, 64}, {1, 999}, {64, 100}, {200, 37}, {63, 0}, {64, 0}, {65, 0}, {1030, 0}, {2, 500}}},
+      {"gqa4/1 d128 bs64",
+       {4, 1, 128, 64},
+       {{1, 2000}, {130, 0}, {65, 700}, {1, 5}, {300, 64}}},
+      {"gqa32/8 d128 bs16",
+       {32, 8, 128, 16},
+       {{1, 4095}, {1, 100}, {257, 1000}, {1100, 0}, {17, 3}}},
+      {"mha8/8 d64 bs128",
+       {8, 8, 64, 128},
+       {{1, 300}, {128, 128}, {129, 0}, {1, 127}, {1, 128}, {500, 20}}},
+      {"gqa9/3 d64 bs5 (odd)",
+       {9, 3, 64, 5},
+       {{1, 44}, {70, 33}, {1000, 0}, {1, 7}, {64, 1}}},
+      {"gqa4/2 d128 bs1",
+       {4, 2, 128, 1},
+       {{1, 100}, {80, 20}, {33, 0}}},
+      {"mqa32/1 d64 bs16 (group>16)",
+       {32, 1, 64, 16},
+       {{1, 700}, {40, 10}, {1, 0}}},
+      {"gqa8/1 d64 bs32 prefill-only",
+       {8, 1, 64, 32},
+       {{64, 0}, {65, 64}, {63, 200}}},
+      {"gqa8/2 d128 bs16 decode-only",
+       {8, 2, 128, 16},
+       {{1, 63}, {1, 64}, {1, 65}, {1, 1}, {1, 1500}}},
+  };
+  std::uint32_t seed = 1;
+  for (const Spec& sp : specs) {
+    Problem pr = make_problem(sp.sh, sp.seqs, seed++);
+    check_dense(sp.name, pr);
+  }
+}
+
+TEST_CASE("long decode contexts and long cached prefixes split the KV and merge", "[cuda][attention]") {
+  Problem pr = make_problem({32, 8, 128, 16}, {{1, 8191}, {1, 5000}, {64, 6000}, {1, 300}}, 77);
+  const auto st = check_dense("long contexts 32/8 d128 8K", pr);
+  INFO("auto plan: decode splits " << st.decode_splits << ", prefill splits " << st.prefill_splits);
+  CHECK(st.decode_splits > 1);
+  CHECK(st.prefill_splits > 1);
+}
+
+TEST_CASE("block-sparse prefill: full mask equals dense, random masks and columns match a double reference",
+          "[cuda][attention]") {
+  struct Spec {
+    const char* name;
+    Shape sh;
+    int tile;
+    std::vector<Seq> seqs;
+    std::vector<bool> masked;
+  };
+  const std::vector<Spec> specs = {
+      {"sparse t64 8/2 d128 bs16", {8, 2, 128, 16}, 64, {{300, 0}, {200, 130}, {1, 400}, {100, 0}}, {true, true, true, false}},
+      {"sparse t128 9/3 d64 bs16", {9, 3, 64, 16}, 128, {{700, 0}, {300, 250}, {1, 600}}, {true, true, false}},
+      {"sparse t128 4/1 d64 bs5", {4, 1, 64, 5}, 128, {{260, 0}, {50, 900}, {129, 127}}, {true, true, true}},
+      {"sparse t128 8/8 d128 bs64", {8, 8, 128, 64}, 128, {{384, 0}, {1, 100}, {70, 700}}, {true, false, true}},
+  };
+  std::mt19937 rng(2024);
+  std::uint32_t seed = 100;
+  for (const Spec& sp : specs) {
+    Problem pr = make_problem(sp.sh, sp.seqs, seed++);
+    Stream stream;
+    PagedAttention attn;
+    attn.plan(pr.qs, pr.ps, pr.kvl, pr.pos, pr.sh.n_heads, pr.sh.n_kv, pr.sh.d, pr.sh.bs, stream.s, sp.tile);
+    const std::vector<float> dense = run_gpu(pr, attn, nullptr, stream.s);
+    {
+      const Errors e = compare(pr, dense, cpu_reference(pr));
+      report(sp.name, "dense(no mask)", pr, attn, e);
+      CHECK(e.unwritten == 0);
+      CHECK(e.rel < 1e-2);
+    }
+    for (const char* kind : {"full", "random", "holes", "columns"}) {
+      const Mask m = make_mask(pr, sp.tile, sp.masked, kind, 0.3, rng);
+      const bool cols = std::string(kind) == "columns";
+      const std::vector<float> got = run_gpu(pr, attn, &m.view, stream.s);
+      const std::vector<double> ref = masked_reference(pr, m, cols);
+      const Errors e = compare(pr, got, ref);
+      char cfg[64];
+      std::snprintf(cfg, sizeof cfg, "%s(%zu tiles)", kind, m.col_idx.size());
+      report(sp.name, cfg, pr, attn, e);
+      INFO(sp.name << " mask " << kind << " rel " << e.rel << " unwritten " << e.unwritten << " " << e.worst);
+      CHECK(e.unwritten == 0);
+      CHECK(e.rel < 1e-2);
+      if (std::string(kind) == "full") {
+        // Every causal tile kept: the same steps as the dense path, so the same result.
+        const Errors same = compare(pr, got, dense);
+        std::printf("[attention] %-28s full mask vs dense path: max_abs %.3e rel %.3e\n", sp.name, same.max_abs, same.rel);
+        CHECK(same.unwritten == 0);
+        CHECK(same.rel < 1e-3);
+      }
+    }
+  }
+}
+
+TEST_CASE("a step captured in a CUDA graph replays to the same output", "[cuda][attention]") {
+  Problem pr = make_problem({9, 3, 64, 16}, {{1, 3000}, {300, 40}, {1, 10}, {70, 0}}, 555);
+  Stream stream;
+  PagedAttention attn;
+  attn.set_options({64, 512, 256});  // prefill, decode and merge launches
+  attn.plan(pr.qs, pr.ps, pr.kvl, pr.pos, pr.sh.n_heads, pr.sh.n_kv, pr.sh.d, pr.sh.bs, stream.s);
+  REQUIRE(attn.stats().launches == 3);
+  const std::vector<float> direct = run_gpu(pr, attn, nullptr, stream.s);
+
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  check_cuda(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  check_cuda(cudaMemsetAsync(pr.dout.get(), 0xff, pr.out_elems() * sizeof(bf16), stream.s), "poison");
+  attn.run(pr.dq.get(), pr.kv(), pr.batch(), nullptr, default_scale(pr), pr.dout.get(), stream.s);
+  check_cuda(cudaStreamEndCapture(stream.s, &graph), "cudaStreamEndCapture");
+  check_cuda(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  for (int rep = 0; rep < 2; ++rep) {
+    check_cuda(cudaGraphLaunch(exec, stream.s), "cudaGraphLaunch");
+    check_cuda(cudaStreamSynchronize(stream.s), "graph replay");
+    std::vector<std::uint16_t> bits(pr.out_elems());
+    check_cuda(cudaMemcpy(bits.data(), pr.dout.get(), bits.size() * 2, cudaMemcpyDeviceToHost), "download");
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < bits.size(); ++i) {
+      const float x = from_bf16_bits(bits[i]);
+      if (!(x == direct[i] || (std::isnan(x) && std::isnan(direct[i])))) ++differ;
+    }
+    std::printf("[attention] graph replay %d: %zu of %zu elements differ from the direct run\n", rep, differ, bits.size());
+    CHECK(differ == 0);
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
+TEST_CASE("PagedAttention rejects unsupported shapes and mismatched arguments", "[cuda][attention]") {
+  const std::vector<std::int32_t> qs{0, 2}, ps{0, 1}, kvl{2}, pos{0, 1};
+  auto expect_invalid = [](auto&& fn, const char* what) {
+    INFO(what);
+    try {
+      fn();
+      FAIL("no exception");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kInvalidArgument);
+    }
+  };
+  PagedAttention attn;
+  expect_invalid([&] { attn.plan(qs, ps, kvl, pos, 4, 1, 96, 16, nullptr); }, "head_dim 96");
+  expect_invalid([&] { attn.plan(qs, ps, kvl, pos, 10, 3, 64, 16, nullptr); }, "10 heads over 3 kv heads");
+  expect_invalid([&] { attn.plan(qs, ps, kvl, pos, 4, 1, 64, 0, nullptr); }, "block size 0");
+  expect_invalid([&] { attn.plan(qs, ps, kvl, pos, 4, 1, 64, 129, nullptr); }, "block size 129");
+  expect_invalid([&] { attn.plan(qs, ps, kvl, pos, 4, 1, 64, 16, nullptr, 32); }, "sparse tile 32");
+  expect_invalid([&] { attn.plan(qs, ps, std::vector<std::int32_t>{1}, pos, 4, 1, 64, 16, nullptr); },
+                 "q_pos past kv_len");
+  expect_invalid([&] { attn.plan(qs, ps, std::vector<std::int32_t>{17}, pos, 4, 1, 64, 16, nullptr); },
+                 "kv_len past the pages");
+  expect_invalid([&] { attn.plan(qs, ps, std::vector<std::int32_t>{6}, std::vector<std::int32_t>{0, 5}, 4, 1, 64, 16,
+                                 nullptr, 64); },
+                 "gapped positions with a mask tile");
+  expect_invalid([&] { attn.run(nullptr, {}, {}, nullptr, 1.0f, nullptr, nullptr); }, "run before plan");
+
+  Problem pr = make_problem({4, 1, 64, 16}, {{2, 0}}, 9);
+  Stream stream;
+  attn.plan(pr.qs, pr.ps, pr.kvl, pr.pos, 4, 1, 64, 16, stream.s);
+  PagedKvView bad = pr.kv();
+  bad.head_dim = 128;
+  expect_invalid([&] { attn.run(pr.dq.get(), bad, pr.batch(), nullptr, 0.125f, pr.dout.get(), stream.s); },
+                 "cache head_dim differs from the plan");
+  BlockSparseMaskView mask;
+  expect_invalid([&] { attn.run(pr.dq.get(), pr.kv(), pr.batch(), &mask, 0.125f, pr.dout.get(), stream.s); },
+                 "mask without sparse_tile in the plan");
+  expect_invalid([&] { attn.run(pr.dq.get(), pr.kv(), pr.batch(), nullptr, -1.0f, pr.dout.get(), stream.s); },
+                 "negative scale");
+}
