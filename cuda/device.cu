@@ -18,6 +18,7 @@ DeviceInfo device_info(int index) {
   cudaDeviceProp prop{};
   const cudaError_t err = cudaGetDeviceProperties(&prop, index);
   if (err != cudaSuccess) {
+    cudaGetLastError();  // keep the failure out of the next launch check
     throw Error(ErrorCode::kBackend, std::string("cudaGetDeviceProperties: ") + cudaGetErrorString(err));
   }
   return DeviceInfo{index, prop.name, prop.major, prop.minor, prop.totalGlobalMem};

@@ -17,9 +17,14 @@ namespace chunkwise::cuda {
 using bf16 = __nv_bfloat16;
 
 // Throws Error(kBackend) naming the call when a CUDA runtime call fails.
+// A failed runtime call also leaves its error in the thread's last-error slot; it is cleared here so
+// that the next launch check does not report it again (a bad device ordinal, an allocation that did
+// not fit). Sticky errors (a kernel fault) stay and keep failing every call, as they should.
 inline void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
     throw Error(ErrorCode::kBackend, std::string(what) + ": " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+  }
 }
 // After a kernel launch: a bad launch configuration shows up here.
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
