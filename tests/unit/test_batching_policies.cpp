@@ -145,15 +145,33 @@ TEST_CASE("prefill-first: with nothing admissible, every running sequence runs",
 }
 
 TEST_CASE("prefill-first: one free block per running sequence stays in reserve", "[batching]") {
+  // Running: 2 decodes; the admitted prompt's own first decode counts too (3 reserved).
   const std::vector<SequenceView> running = {decoding(1, 33), decoding(2, 49)};
-  SECTION("4 blocks with 2 reserved of 6") {
+  SECTION("4 blocks with 3 reserved of 7") {
     const std::vector<SequenceView> queue = {waiting(3, 64)};
-    CHECK(show(PrefillFirstBatching{}.plan({running, queue, budgets(512, 8, 6)})) == "3:64");
+    CHECK(show(PrefillFirstBatching{}.plan({running, queue, budgets(512, 8, 7)})) == "3:64");
+  }
+  SECTION("4 blocks with 3 reserved do not fit in 6: a decode step instead") {
+    const std::vector<SequenceView> queue = {waiting(3, 64)};
+    CHECK(show(PrefillFirstBatching{}.plan({running, queue, budgets(512, 8, 6)})) == "1:1 2:1");
   }
   SECTION("5 blocks do not fit: a decode step instead") {
     const std::vector<SequenceView> queue = {waiting(3, 80)};
-    CHECK(show(PrefillFirstBatching{}.plan({running, queue, budgets(512, 8, 6)})) == "1:1 2:1");
+    CHECK(show(PrefillFirstBatching{}.plan({running, queue, budgets(512, 8, 7)})) == "1:1 2:1");
   }
+}
+
+TEST_CASE("prefill-first: cached prefix blocks that admission pins count against free memory", "[batching]") {
+  // A preempted request readmitted over its own cached prefix: 560 tokens cached (35 blocks nobody
+  // holds, counted in free_blocks), 16 to compute. Counting only the new block, it would be
+  // admitted, pin the 35 and leave the decodes short: preempted at once, readmitted, forever.
+  const std::vector<SequenceView> running = {decoding(1, 33), decoding(2, 49)};
+  SequenceView w = waiting(3, 576);
+  w.computed = 560;
+  w.prefix_blocks_taken = 35;
+  const std::vector<SequenceView> queue = {w};
+  CHECK(show(PrefillFirstBatching{}.plan({running, queue, budgets(512, 8, 20)})) == "1:1 2:1");
+  CHECK(show(PrefillFirstBatching{}.plan({running, queue, budgets(512, 8, 39)})) == "3:16");
 }
 
 TEST_CASE("prefill-first: with nothing running, the first prompt is cut to free memory", "[batching]") {
@@ -293,10 +311,13 @@ TEST_CASE("packed prefill: priority classes are packed in order", "[batching]") 
 TEST_CASE("packed prefill: admission keeps a block per running sequence", "[batching]") {
   const std::vector<SequenceView> running = {decoding(1, 33), decoding(2, 49)};
   const std::vector<SequenceView> queue = {waiting(3, 64), waiting(4, 16)};
-  // 6 free, 2 for the decodes, 2 reserved: 3 (4 blocks) cannot run whole, so it is cut alone.
+  // 6 free, 2 for the decodes, 3 reserved (the 2 decodes' next blocks and its own first decode):
+  // 3 (4 blocks) cannot run whole, so it is cut alone, keeping only the decodes' 2 in reserve.
   CHECK(show(PackedPrefillBatching(512).plan({running, queue, budgets(512, 8, 6)})) == "1:1 2:1 3:32");
-  // With 8 free it fits whole; then 4 (1 block) would leave fewer than 3 reserved.
-  CHECK(show(PackedPrefillBatching(512).plan({running, queue, budgets(512, 8, 8)})) == "1:1 2:1 3:64");
+  // 8 free: still short of 4 + 3, cut on a block boundary short of its last token.
+  CHECK(show(PackedPrefillBatching(512).plan({running, queue, budgets(512, 8, 8)})) == "1:1 2:1 3:48");
+  // 9 free: it fits whole; then 4 (1 block) would leave fewer than 4 reserved.
+  CHECK(show(PackedPrefillBatching(512).plan({running, queue, budgets(512, 8, 9)})) == "1:1 2:1 3:64");
 }
 
 TEST_CASE("packed prefill: bad parameters are rejected", "[batching]") {

@@ -437,12 +437,19 @@ class KvFuzzer {
           s.tokens.begin();
       must = std::max(must, std::min(limit, static_cast<int>(lcp) / bs_));
     }
-    const int peeked = cache_.peek(id, s.tokens);
+    const auto peek = cache_.peek_prefix(id, s.tokens);
+    const int peeked = peek.tokens;
+    const int available = cache_.available();
     const std::int64_t host_hits = cache_.metrics().host_hit_tokens;
     const int m = cache_.match(id, s.tokens, now_);
     const std::string got = "match gave " + std::to_string(m) + " tokens";
     KV_EXPECT(m >= 0 && m % bs_ == 0 && m <= limit * bs_, got + ", limit " + std::to_string(limit * bs_));
     KV_EXPECT(m <= peeked, got + " but peek said " + std::to_string(peeked));
+    // What batching policies budget with: the blocks a match takes out of available().
+    if (m == peeked)
+      KV_EXPECT(available - cache_.available() == peek.blocks_taken,
+                got + ": available fell by " + std::to_string(available - cache_.available()) + ", peek said " +
+                    std::to_string(peek.blocks_taken));
     if (cfg_.host_cache_blocks == 0) KV_EXPECT(m == peeked, got + " but peek said " + std::to_string(peeked));
     KV_EXPECT(m >= must * bs_,
               got + " but a committed sequence proves " + std::to_string(must * bs_) + " cached");

@@ -95,20 +95,34 @@ class KvCache {
     debug_check();
   }
 
-  // Tokens of `tokens` whose KV is cached, in whole blocks, at most all but the last token (whose
-  // logits the caller needs); without retaining anything.
-  [[nodiscard]] int peek(SeqId id, std::span<const TokenId> tokens) {
-    if (!config_.prefix_caching) return 0;
+  // What admitting `tokens` would find cached: the tokens (whole blocks, at most all but the last
+  // token, whose logits the caller needs) and how many blocks the match would take out of
+  // available(): cached blocks nobody holds (pinning them removes them from the evictable set) and
+  // host-tier blocks (loaded into newly allocated ones). Retains nothing.
+  struct PrefixPeek {
+    int tokens = 0;
+    int blocks_taken = 0;
+  };
+  [[nodiscard]] PrefixPeek peek_prefix(SeqId id, std::span<const TokenId> tokens) {
+    if (!config_.prefix_caching) return {};
     Seq& s = seq(id);
     const int limit = (static_cast<int>(tokens.size()) - 1) / bs();
     extend_hashes(s, tokens, limit);
+    PrefixPeek p;
     int i = 0;
-    for (; i < limit; ++i)
-      if (!index_.find(s.hashes[ui(i)], parent_hash(s, i), block_tokens(tokens, i))) break;
-    for (; i < limit && host_.capacity() > 0; ++i)
+    for (; i < limit; ++i) {
+      const auto b = index_.find(s.hashes[ui(i)], parent_hash(s, i), block_tokens(tokens, i));
+      if (!b) break;
+      if (pool_.refcount(*b) == 0) ++p.blocks_taken;
+    }
+    for (; i < limit && host_.capacity() > 0; ++i) {
       if (!host_.find(s.hashes[ui(i)], parent_hash(s, i), block_tokens(tokens, i))) break;
-    return i * bs();
+      ++p.blocks_taken;
+    }
+    p.tokens = i * bs();
+    return p;
   }
+  [[nodiscard]] int peek(SeqId id, std::span<const TokenId> tokens) { return peek_prefix(id, tokens).tokens; }
 
   // Admission: the sequence (holding no blocks) takes the longest cached prefix of `tokens`,
   // restoring host-tier blocks onto the device, and returns how many tokens it covers.

@@ -430,7 +430,9 @@ class InferenceSession {
       for (RequestId id : waiting_) {
         detail::Sequence& s = seqs_.at(id);
         SequenceView v = s.view();
-        v.computed = kv_.peek(id, s.tokens);  // the cached prefix it would start from
+        const auto cached = kv_.peek_prefix(id, s.tokens);  // the prefix it would start from
+        v.computed = cached.tokens;
+        v.prefix_blocks_taken = cached.blocks_taken;
         views_waiting_.push_back(v);
       }
     }

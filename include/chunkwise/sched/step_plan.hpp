@@ -20,6 +20,9 @@ struct SequenceView {
   int priority = 0;  // higher goes first where a policy orders by it
   double submitted_s = 0;
   std::span<const TokenId> tokens;  // prompt, then generated (prefix grouping reads them)
+  // Waiting sequences only: blocks of the cached prefix (`computed`) that admission takes out of
+  // Budgets::free_blocks (cached blocks nobody holds get pinned; host-tier blocks get loaded).
+  int prefix_blocks_taken = 0;
   [[nodiscard]] int uncomputed() const { return total_len - computed; }
   [[nodiscard]] bool is_decode() const { return generated > 0 && uncomputed() == 1; }
 };
@@ -37,12 +40,13 @@ struct SchedulerView {
   std::span<const SequenceView> waiting;  // not admitted yet (or preempted), order of arrival
   Budgets budgets;
 
-  // KV blocks a sequence must newly allocate to compute n more tokens.
+  // Free blocks a sequence takes to compute n more tokens: new blocks, plus (when it is admitted)
+  // the cached prefix blocks it pins.
   [[nodiscard]] int blocks_needed(const SequenceView& s, int n) const {
     const int bs = budgets.block_size;
     const int have = (s.computed + bs - 1) / bs;
     const int need = (s.computed + n + bs - 1) / bs;
-    return need - have;
+    return need - have + s.prefix_blocks_taken;
   }
 };
 

@@ -12,7 +12,8 @@
 //  - then first-fit decreasing over the rest of the queue, one priority class after the other,
 //    higher first: the longest prompt that still fits goes next. Prompts are never split here, so
 //    a prompt's prefill is one pass, and the budget fills with whole prompts (FCFS would cut one);
-//  - admission keeps one free block per running sequence in reserve, so decodes can grow.
+//  - admission keeps one free block per running sequence in reserve, the admitted one included, so
+//    decodes can grow.
 #pragma once
 
 #include <algorithm>
@@ -44,8 +45,10 @@ class PackedPrefillBatching {
     if (queue.empty()) return std::move(step).finish();
     const int running = static_cast<int>(view.running.size());
     const SequenceView& head = *queue.front();
-    if (!prefill && !step.fits_whole(head, running)) {
-      step.add(head, head.uncomputed(), running);  // cut, and alone
+    if (!prefill && !step.fits_whole(head, running + 1)) {
+      // Cut, and alone. A cut prompt has no decode next step, so only the running ones keep a
+      // block; it stops short of its last token so that it really is cut.
+      step.add(head, running > 0 ? head.uncomputed() - 1 : head.uncomputed(), running);
       return std::move(step).finish();
     }
     // Head first (when it fits), then first-fit decreasing within each priority class.
@@ -55,7 +58,7 @@ class PackedPrefillBatching {
     });
     int admitted = 0;
     for (const SequenceView* w : queue) {
-      if (!step.fits_whole(*w, running + admitted)) continue;
+      if (!step.fits_whole(*w, running + admitted + 1)) continue;
       step.take(*w, w->uncomputed());
       ++admitted;
     }

@@ -7,8 +7,10 @@
 //  - A prompt longer than the whole token budget could never run whole, so when it is first in the
 //    step it is cut to the budget; when nothing runs, the first prompt may also be cut to the memory
 //    that is free. Either way a step never comes back empty while something fits.
-//  - One free block per running sequence stays in reserve when admitting (vLLM's watermark), so the
-//    running decodes can grow without being preempted by what was just admitted.
+//  - One free block per running sequence, the one being admitted included, stays in reserve when
+//    admitting (vLLM's watermark), so the next decode step needs no preemption. Without the
+//    admitted one's own block, a readmitted sequence ending on a block boundary was preempted at the
+//    next step and readmitted at the one after, forever, with no decode in between (a livelock).
 //  - Otherwise the step decodes every running sequence, and continues any prompt that was cut.
 // Running decodes wait during every prefill step: these are the generation stalls SARATHI removes.
 #pragma once
@@ -33,11 +35,11 @@ class PrefillFirstBatching {
         if (!prefill.empty()) break;
         n = prefill.tokens();  // longer than the whole budget: cut, since it is first in the step
       }
-      const int reserve = running + admitted;
+      const int reserve = running + admitted + 1;
       if (n <= 0 || prefill.seqs() <= 0) break;
       if (!prefill.fits(*w, n, reserve)) {
         if (!prefill.empty() || running > 0) break;  // wait for memory, as vLLM does
-        n = prefill.room(*w, n, reserve);            // nothing runs: cut to the memory that is free
+        n = prefill.room(*w, n, 0);                  // nothing runs: cut to the memory that is free
         if (n <= 0) break;
       }
       prefill.take(*w, n);

@@ -32,7 +32,7 @@ class StepBudget {
     if (seqs_ <= 0 || tokens_ <= 0 || blocks_ - reserve < 0) return 0;
     const long long bs = view_.budgets.block_size;
     const long long have = (s.computed + bs - 1) / bs;
-    const long long by_memory = (have + blocks_ - reserve) * bs - s.computed;
+    const long long by_memory = (have + blocks_ - reserve - s.prefix_blocks_taken) * bs - s.computed;
     long long n = std::min({static_cast<long long>(want), static_cast<long long>(tokens_),
                             static_cast<long long>(s.uncomputed()), by_memory});
     if (chunk_end_ == ChunkEnd::kBlockBoundary && n > 0 && n < s.uncomputed()) {
