@@ -295,15 +295,18 @@ def header(args) -> list[str]:
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
-    commit = cmd_out(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
-    dirty = cmd_out(["git", "status", "--porcelain", "--untracked-files=no"])
-    if dirty:
+    # COMMIT names the build where the checkout has no .git (a copied tree on a GPU machine).
+    commit = os.environ.get("COMMIT") or cmd_out(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
+    if "COMMIT" not in os.environ and cmd_out(["git", "status", "--porcelain", "--untracked-files=no"]):
         commit += " (working tree has uncommitted changes)"
     model = ""
     for line in cmd_out(["lscpu"]).splitlines():
         if line.startswith("Model name:"):
             model = line.split(":", 1)[1].strip()
     cores = os.cpu_count()
+    gpus = ""
+    if any(a.startswith("cuda") or a.startswith("--device=cuda") for a in args.cli_arg):
+        gpus = ", ".join(cmd_out(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]).splitlines())
     invoked = shlex.join(["python3", rel(Path(sys.argv[0]).resolve())] + sys.argv[1:])
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return [
@@ -311,7 +314,7 @@ def header(args) -> list[str]:
         "",
         f"- Command: `{invoked}`",
         f"- Commit: `{commit}`",
-        f"- Machine: {model or 'unknown CPU'}, {cores} logical cores",
+        f"- Machine: {model or 'unknown CPU'}, {cores} logical cores" + (f"; GPU: {gpus}" if gpus else ""),
         f"- Date: {now}",
         f"- CLI: `{rel(args.cli)}`" + (f", extra arguments `{shlex.join(args.cli_arg)}`" if args.cli_arg else ""),
     ]
