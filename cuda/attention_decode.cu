@@ -36,9 +36,9 @@ struct DecodeShape {
   static constexpr int kMinBlocks = D == 64 ? 4 : 2;
 };
 
-template <int D>
+template <class T, int D>
 __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::kMinBlocks)
-    decode_kernel(const KernelArgs a, const DecodeItem* __restrict__ items, int head_groups) {
+    decode_kernel(const KernelArgs<T> a, const DecodeItem* __restrict__ items, int head_groups) {
   using S = DecodeShape<D>;
   constexpr int kThreads = S::kThreads;
   constexpr int kChunks = S::kChunks;
@@ -50,9 +50,9 @@ __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::kMin
   constexpr int kOTiles = D / 8;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  bf16* const sQ = reinterpret_cast<bf16*>(smem_raw);
-  bf16* const sK = sQ + S::kSmemQ;
-  bf16* const sV = sK + kStages * S::kStageElems;
+  T* const sQ = reinterpret_cast<T*>(smem_raw);
+  T* const sK = sQ + S::kSmemQ;
+  T* const sV = sK + kStages * S::kStageElems;
 
   const DecodeItem it = items[blockIdx.x];
   const int kvh = static_cast<int>(blockIdx.y) / head_groups;
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::kMin
     const int r = row0 + i * kRowsPerPass;
     if (r < 16) {
       const bool valid = r < nh;
-      const bf16* src =
+      const T* src =
           a.q + (static_cast<std::int64_t>(it.row) * a.n_heads + h0 + (valid ? r : 0)) * D + chunk * 8;
       cp_async16(sQ + swz<D>(r, chunk), src, valid);
     }
@@ -102,8 +102,8 @@ __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::kMin
     }
   };
   auto issue = [&](int st) {
-    bf16* const dk = sK + (st % kStages) * S::kStageElems;
-    bf16* const dv = sV + (st % kStages) * S::kStageElems;
+    T* const dk = sK + (st % kStages) * S::kStageElems;
+    T* const dv = sV + (st % kStages) * S::kStageElems;
 #pragma unroll
     for (int i = 0; i < kKpt; ++i) {
       const int r = row0 + i * kRowsPerPass;
@@ -159,16 +159,16 @@ __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::kMin
     }
     const int kb = it.kv_begin + t * kStageKeys + warp * 16;  // this warp's first key
     if (kb >= it.kv_end) continue;
-    const bf16* const kt = sK + (t % kStages) * S::kStageElems;
-    const bf16* const vt = sV + (t % kStages) * S::kStageElems;
+    const T* const kt = sK + (t % kStages) * S::kStageElems;
+    const T* const vt = sV + (t % kStages) * S::kStageElems;
 
     float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
       std::uint32_t b[4];
       ldmatrix_x4(b, kt + swz<D>(k_row, 2 * kk + k_chunk));
-      mma_16816(s[0], qf[kk], b[0], b[1]);
-      mma_16816(s[1], qf[kk], b[2], b[3]);
+      mma_16816<T>(s[0], qf[kk], b[0], b[1]);
+      mma_16816<T>(s[1], qf[kk], b[2], b[3]);
     }
     if (kb + 16 > it.kv_end) {
 #pragma unroll
@@ -180,14 +180,14 @@ __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::kMin
       }
     }
     softmax_update(s, o, m, l, sl2);
-    const std::uint32_t pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]),
-                                 pack_bf16(s[1][0], s[1][1]), pack_bf16(s[1][2], s[1][3])};
+    const std::uint32_t pa[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]),
+                                 pack2<T>(s[1][0], s[1][1]), pack2<T>(s[1][2], s[1][3])};
 #pragma unroll
     for (int nd = 0; nd < D / 16; ++nd) {
       std::uint32_t b[4];
       ldmatrix_x4_trans(b, vt + swz<D>(v_row, 2 * nd + v_chunk));
-      mma_16816(o[2 * nd], pa, b[0], b[1]);
-      mma_16816(o[2 * nd + 1], pa, b[2], b[3]);
+      mma_16816<T>(o[2 * nd], pa, b[0], b[1]);
+      mma_16816<T>(o[2 * nd + 1], pa, b[2], b[3]);
     }
   }
   cp_async_wait<0>();
@@ -240,10 +240,10 @@ __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::kMin
     }
     const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
     if (it.partial < 0) {
-      bf16* dst = a.out + (static_cast<std::int64_t>(it.row) * a.n_heads + h0 + r) * D + c4 * 4;
+      T* dst = a.out + (static_cast<std::int64_t>(it.row) * a.n_heads + h0 + r) * D + c4 * 4;
       uint2 packed;
-      packed.x = pack_bf16(acc.x * inv, acc.y * inv);
-      packed.y = pack_bf16(acc.z * inv, acc.w * inv);
+      packed.x = pack2<T>(acc.x * inv, acc.y * inv);
+      packed.y = pack2<T>(acc.z * inv, acc.w * inv);
       *reinterpret_cast<uint2*>(dst) = packed;
     } else {
       const std::int64_t base = static_cast<std::int64_t>(it.partial) * a.n_heads + h0 + r;
@@ -255,8 +255,9 @@ __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::kMin
 }
 
 // One CTA per merged row: out[row, h, :] = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max).
-template <int D>
-__global__ void __launch_bounds__(128) merge_kernel(const KernelArgs a, const MergeItem* __restrict__ items) {
+template <class T, int D>
+__global__ void __launch_bounds__(128)
+    merge_kernel(const KernelArgs<T> a, const MergeItem* __restrict__ items) {
   const MergeItem it = items[blockIdx.x];
   for (int idx = static_cast<int>(threadIdx.x); idx < a.n_heads * (D / 4); idx += static_cast<int>(blockDim.x)) {
     const int h = idx / (D / 4);
@@ -280,57 +281,72 @@ __global__ void __launch_bounds__(128) merge_kernel(const KernelArgs a, const Me
     }
     const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
     uint2 packed;
-    packed.x = pack_bf16(acc.x * inv, acc.y * inv);
-    packed.y = pack_bf16(acc.z * inv, acc.w * inv);
+    packed.x = pack2<T>(acc.x * inv, acc.y * inv);
+    packed.y = pack2<T>(acc.z * inv, acc.w * inv);
     *reinterpret_cast<uint2*>(a.out + (static_cast<std::int64_t>(it.row) * a.n_heads + h) * D + c4 * 4) = packed;
   }
 }
 
-template <int D>
-void launch_decode_t(const KernelArgs& a, const DecodeItem* items, int n_items, int n_kv_heads, int head_groups,
-                     cudaStream_t stream) {
+template <class T, int D>
+void launch_decode_t(const KernelArgs<T>& a, const DecodeItem* items, int n_items, int n_kv_heads,
+                     int head_groups, cudaStream_t stream) {
   using S = DecodeShape<D>;
   const dim3 grid(static_cast<unsigned>(n_items), static_cast<unsigned>(n_kv_heads * head_groups));
-  decode_kernel<D><<<grid, S::kThreads, S::kSmemBytes, stream>>>(a, items, head_groups);
+  decode_kernel<T, D><<<grid, S::kThreads, S::kSmemBytes, stream>>>(a, items, head_groups);
   check_launch("attention decode kernel");
 }
 
-template <int D>
+template <class T, int D>
 int prepare_decode_t() {
   using S = DecodeShape<D>;
-  check_cuda(cudaFuncSetAttribute(decode_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  check_cuda(cudaFuncSetAttribute(decode_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(S::kSmemBytes)),
              "cudaFuncSetAttribute(attention decode)");
   int blocks = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_kernel<D>, S::kThreads, S::kSmemBytes),
-             "cudaOccupancyMaxActiveBlocksPerMultiprocessor(attention decode)");
+  check_cuda(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_kernel<T, D>, S::kThreads, S::kSmemBytes),
+      "cudaOccupancyMaxActiveBlocksPerMultiprocessor(attention decode)");
   return std::max(blocks, 1);
+}
+
+template <int D>
+int prepare_decode_both() {
+  return std::min(prepare_decode_t<bf16, D>(), prepare_decode_t<f16, D>());
 }
 
 }  // namespace
 
-void launch_decode(const KernelArgs& a, const DecodeItem* items, int n_items, int n_kv_heads, int head_groups,
-                   int head_dim, cudaStream_t stream) {
+template <class T>
+void launch_decode(const KernelArgs<T>& a, const DecodeItem* items, int n_items, int n_kv_heads,
+                   int head_groups, int head_dim, cudaStream_t stream) {
   if (n_items <= 0) return;
   if (head_dim == 64) {
-    launch_decode_t<64>(a, items, n_items, n_kv_heads, head_groups, stream);
+    launch_decode_t<T, 64>(a, items, n_items, n_kv_heads, head_groups, stream);
   } else {
-    launch_decode_t<128>(a, items, n_items, n_kv_heads, head_groups, stream);
+    launch_decode_t<T, 128>(a, items, n_items, n_kv_heads, head_groups, stream);
   }
 }
+template void launch_decode(const KernelArgs<bf16>&, const DecodeItem*, int, int, int, int, cudaStream_t);
+template void launch_decode(const KernelArgs<f16>&, const DecodeItem*, int, int, int, int, cudaStream_t);
 
-void launch_merge(const KernelArgs& a, const MergeItem* items, int n_items, int head_dim, cudaStream_t stream) {
+template <class T>
+void launch_merge(const KernelArgs<T>& a, const MergeItem* items, int n_items, int head_dim,
+                  cudaStream_t stream) {
   if (n_items <= 0) return;
   const dim3 grid(static_cast<unsigned>(n_items));
   if (head_dim == 64) {
-    merge_kernel<64><<<grid, 128, 0, stream>>>(a, items);
+    merge_kernel<T, 64><<<grid, 128, 0, stream>>>(a, items);
   } else {
-    merge_kernel<128><<<grid, 128, 0, stream>>>(a, items);
+    merge_kernel<T, 128><<<grid, 128, 0, stream>>>(a, items);
   }
   check_launch("attention merge kernel");
 }
+template void launch_merge(const KernelArgs<bf16>&, const MergeItem*, int, int, cudaStream_t);
+template void launch_merge(const KernelArgs<f16>&, const MergeItem*, int, int, cudaStream_t);
 
-int prepare_decode(int head_dim) { return head_dim == 64 ? prepare_decode_t<64>() : prepare_decode_t<128>(); }
+int prepare_decode(int head_dim) {
+  return head_dim == 64 ? prepare_decode_both<64>() : prepare_decode_both<128>();
+}
 
 std::size_t decode_smem_bytes(int head_dim) {
   return head_dim == 64 ? DecodeShape<64>::kSmemBytes : DecodeShape<128>::kSmemBytes;

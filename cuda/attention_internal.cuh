@@ -1,14 +1,16 @@
 // Private to the attention kernels (cuda/attention_*.cu): the work-list records plan() uploads,
 // the kernel argument block, the launchers, and the sm_80 building blocks (cp.async, ldmatrix,
-// mma.sync m16n8k16 bf16) the kernels share.
+// mma.sync m16n8k16 bf16/f16) the kernels share. Kernels, arguments and launchers are templates
+// over the storage type T (bf16, f16).
 #pragma once
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "chunkwise/cuda/attention.hpp"
+#include "storage.cuh"
 
 namespace chunkwise::cuda::attn {
 
@@ -60,11 +62,12 @@ struct MergeItem {
 };
 
 // Everything a kernel needs besides its work list, by value.
+template <class T>
 struct KernelArgs {
-  const bf16* q;
-  const bf16* k;
-  const bf16* v;
-  bf16* out;
+  const T* q;
+  const T* k;
+  const T* v;
+  T* out;
   const std::int32_t* page_start;
   const std::int32_t* pages;
   const std::int32_t* q_pos;
@@ -87,12 +90,17 @@ struct KernelArgs {
 };
 
 // Launchers (attention_prefill.cu, attention_decode.cu). head_dim is 64 or 128, tile_rows 64 or 128.
-void launch_prefill(const KernelArgs& a, const PrefillItem* items, int n_items, int head_dim, int tile_rows,
-                    cudaStream_t stream);
-void launch_decode(const KernelArgs& a, const DecodeItem* items, int n_items, int n_kv_heads, int head_groups,
-                   int head_dim, cudaStream_t stream);
-void launch_merge(const KernelArgs& a, const MergeItem* items, int n_items, int head_dim, cudaStream_t stream);
-// Raise the dynamic shared memory limits on the current device and report resident CTAs per SM.
+template <class T>
+void launch_prefill(const KernelArgs<T>& a, const PrefillItem* items, int n_items, int head_dim,
+                    int tile_rows, cudaStream_t stream);
+template <class T>
+void launch_decode(const KernelArgs<T>& a, const DecodeItem* items, int n_items, int n_kv_heads,
+                   int head_groups, int head_dim, cudaStream_t stream);
+template <class T>
+void launch_merge(const KernelArgs<T>& a, const MergeItem* items, int n_items, int head_dim,
+                  cudaStream_t stream);
+// Raise the dynamic shared memory limits on the current device and report resident CTAs per SM, for
+// both storage types (plan() does not know which one run() will get; the fewer CTAs count).
 int prepare_prefill(int head_dim, int tile_rows);
 int prepare_decode(int head_dim);
 std::size_t prefill_smem_bytes(int head_dim, int tile_rows);
@@ -130,19 +138,23 @@ __device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const v
                : "r"(smem_addr(p)));
 }
 
-// d[16x8] += a[16x16] * b[16x8], bf16 inputs, fp32 accumulators.
+// d[16x8] += a[16x16] * b[16x8], T inputs, fp32 accumulators.
+template <class T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
                                           std::uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ std::uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const std::uint32_t*>(&v);
+  if constexpr (std::is_same_v<T, bf16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
 }
 
 // 2^x (ex2.approx: 2 ulp, -inf -> +0).
@@ -152,16 +164,17 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// A [rows][D] bf16 tile in shared memory, 16-byte chunks XOR-swizzled by row so that the 8 rows an
-// ldmatrix reads (and a warp's cp.async writes) fall in distinct banks. Offset in elements.
+// A [rows][D] 16-bit tile in shared memory, 16-byte chunks XOR-swizzled by row so that the 8 rows
+// an ldmatrix reads (and a warp's cp.async writes) fall in distinct banks. Offset in elements.
 template <int D>
 __device__ __forceinline__ int swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
 // Element offset of token position p of kv head kvh in one layer's K (or V) cache.
-__device__ __forceinline__ std::int64_t kv_offset(const KernelArgs& a, const std::int32_t* seq_pages, int p,
-                                                  int kvh_offset) {
+template <class T>
+__device__ __forceinline__ std::int64_t kv_offset(const KernelArgs<T>& a, const std::int32_t* seq_pages,
+                                                  int p, int kvh_offset) {
   int blk, slot;
   if (a.bs_shift >= 0) {
     blk = p >> a.bs_shift;

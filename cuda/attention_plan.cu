@@ -395,8 +395,9 @@ void PagedAttention::plan(HostIndexSpan query_start, HostIndexSpan page_start, H
   m.planned = true;
 }
 
-void PagedAttention::run(const bf16* q, const PagedKvView& kv, const AttentionBatchView& batch,
-                         const BlockSparseMaskView* mask, float scale, bf16* out, cudaStream_t stream) {
+template <class T>
+void PagedAttention::run(const T* q, const BasicPagedKvView<T>& kv, const AttentionBatchView& batch,
+                         const BlockSparseMaskView* mask, float scale, T* out, cudaStream_t stream) {
   const Impl& m = *impl_;
   if (!m.planned) invalid("run() before a successful plan()");
   if (kv.head_dim != m.head_dim || kv.n_kv_heads != m.n_kv_heads || kv.block_size != m.block_size)
@@ -423,7 +424,7 @@ void PagedAttention::run(const bf16* q, const PagedKvView& kv, const AttentionBa
       batch.pages == nullptr || batch.q_pos == nullptr)
     invalid("null q, out, cache or batch pointer");
 
-  attn::KernelArgs a{};
+  attn::KernelArgs<T> a{};
   a.q = q;
   a.k = kv.k;
   a.v = kv.v;
@@ -462,6 +463,10 @@ void PagedAttention::run(const bf16* q, const PagedKvView& kv, const AttentionBa
   if (m.n_merge > 0)
     attn::launch_merge(a, reinterpret_cast<const MergeItem*>(work + m.off_merge), m.n_merge, m.head_dim, stream);
 }
+template void PagedAttention::run(const bf16*, const BasicPagedKvView<bf16>&, const AttentionBatchView&,
+                                  const BlockSparseMaskView*, float, bf16*, cudaStream_t);
+template void PagedAttention::run(const f16*, const BasicPagedKvView<f16>&, const AttentionBatchView&,
+                                  const BlockSparseMaskView*, float, f16*, cudaStream_t);
 
 const AttentionPlanStats& PagedAttention::stats() const { return impl_->stats; }
 

@@ -4,10 +4,11 @@
 // owning 16 query rows. Keys go in steps of 64: a K tile and a V tile gathered row by row through
 // the page table (any block size; a 64-key step may span several pages) by cp.async into
 // XOR-swizzled shared memory, double buffered so that step j+1 loads while step j computes. Per
-// step and warp: S = Q K^T (mma.sync m16n8k16 bf16, fp32 accumulators, operands by ldmatrix),
-// causal mask only on steps that reach past the warp's first query position, online softmax in
-// registers (exp2, scale folded in), O += P V with P re-packed from the S accumulators as the A
-// operand. The output tile is staged through shared memory for 16-byte stores.
+// step and warp: S = Q K^T (mma.sync m16n8k16 on the storage type, bf16 or f16, fp32
+// accumulators, operands by ldmatrix), causal mask only on steps that reach past the warp's first
+// query position, online softmax in registers (exp2, scale folded in), O += P V with P re-packed
+// (rounded to the storage type) from the S accumulators as the A operand. The output tile is
+// staged through shared memory for 16-byte stores.
 //
 // The step list is either dense (keys [kv_begin, kv_end) in order) or a block-sparse mask row:
 // the row's kept key tiles (each 64 or 128 keys, 1 or 2 steps), then its gathered columns in
@@ -43,9 +44,9 @@ struct PrefillShape {
   static constexpr int kSubKeys = 64;
 };
 
-template <int D, int BM>
+template <class T, int D, int BM>
 __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D, BM>::kMinBlocks)
-    prefill_kernel(const KernelArgs a, const PrefillItem* __restrict__ items) {
+    prefill_kernel(const KernelArgs<T> a, const PrefillItem* __restrict__ items) {
   using S = PrefillShape<D, BM>;
   constexpr int kChunks = S::kChunks;
   constexpr int kRowsPerPass = S::kRowsPerPass;
@@ -59,9 +60,9 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
   static_assert(kBN % kRowsPerPass == 0 && BM % kRowsPerPass == 0, "tile shapes");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  bf16* const sQ = reinterpret_cast<bf16*>(smem_raw);
-  bf16* const sK = sQ + S::kSmemQ;
-  bf16* const sV = sK + 2 * S::kSmemKV;
+  T* const sQ = reinterpret_cast<T*>(smem_raw);
+  T* const sK = sQ + S::kSmemQ;
+  T* const sV = sK + 2 * S::kSmemKV;
   int* const sPos = reinterpret_cast<int*>(sV + 2 * S::kSmemKV);
 
   const PrefillItem it = items[blockIdx.y];
@@ -81,16 +82,16 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
     const int re = __ldg(a.seq_row_start + it.seq + 1);
     if (re > rs) {
       sparse = true;
-      const int T = a.mask_tile;
+      const int tile = a.mask_tile;
       const int mrow = rs + h * it.n_qtiles + it.qtile_local;
-      steps_per_tile = T / kBN;
+      steps_per_tile = tile / kBN;
       tile_begin = __ldg(a.row_ptr + mrow);
       int tile_end = __ldg(a.row_ptr + mrow + 1);
       // Tiles past the last query are dropped (the list is sorted: they are at the end).
-      while (tile_end > tile_begin && __ldg(a.col_idx + tile_end - 1) * T > it.max_pos) --tile_end;
+      while (tile_end > tile_begin && __ldg(a.col_idx + tile_end - 1) * tile > it.max_pos) --tile_end;
       if (tile_end > tile_begin) {
         const int last = __ldg(a.col_idx + tile_end - 1);
-        const int last_steps = min(steps_per_tile, (it.max_pos + 1 - last * T + kBN - 1) / kBN);
+        const int last_steps = min(steps_per_tile, (it.max_pos + 1 - last * tile + kBN - 1) / kBN);
         n_tile_steps = (tile_end - tile_begin - 1) * steps_per_tile + last_steps;
       }
       if (a.column_ptr != nullptr) {
@@ -124,8 +125,8 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
   auto issue = [&](int j, int buf) {
     int j0, gather, count;
     step_of(j, j0, gather, count);
-    bf16* const dk = sK + buf * S::kSmemKV;
-    bf16* const dv = sV + buf * S::kSmemKV;
+    T* const dk = sK + buf * S::kSmemKV;
+    T* const dv = sV + buf * S::kSmemKV;
 #pragma unroll
     for (int i = 0; i < kKvPasses; ++i) {
       const int r = row0 + i * kRowsPerPass;
@@ -151,7 +152,7 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
   for (int i = 0; i < kQPasses; ++i) {
     const int r = row0 + i * kRowsPerPass;
     const bool valid = r < it.n_rows;
-    const bf16* src =
+    const T* src =
         a.q + (static_cast<std::int64_t>(it.row_begin + (valid ? r : 0)) * a.n_heads + h) * D + chunk * 8;
     cp_async16(sQ + swz<D>(r, chunk), src, valid);
   }
@@ -202,8 +203,8 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
     int j0, gather, count;
     step_of(j, j0, gather, count);
     if (gather < 0 && j0 > wmax) continue;  // no row of this warp sees a key of this step
-    const bf16* const kt = sK + (j & 1) * S::kSmemKV;
-    const bf16* const vt = sV + (j & 1) * S::kSmemKV;
+    const T* const kt = sK + (j & 1) * S::kSmemKV;
+    const T* const vt = sV + (j & 1) * S::kSmemKV;
 
 #pragma unroll
     for (int sub = 0; sub < kBN / kSub; ++sub) {
@@ -224,8 +225,8 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
         for (int nn = 0; nn < kSTiles / 2; ++nn) {
           std::uint32_t b[4];
           ldmatrix_x4(b, kt + swz<D>(k0 + nn * 16 + k_row, 2 * kk + k_chunk));
-          mma_16816(s[2 * nn], af, b[0], b[1]);
-          mma_16816(s[2 * nn + 1], af, b[2], b[3]);
+          mma_16816<T>(s[2 * nn], af, b[0], b[1]);
+          mma_16816<T>(s[2 * nn + 1], af, b[2], b[3]);
         }
       }
 
@@ -254,15 +255,15 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
       // O += P V: P (16 x kSub) as A operands of 16 keys each.
 #pragma unroll
       for (int kk = 0; kk < kSub / 16; ++kk) {
-        const std::uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                                     pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                     pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        const std::uint32_t pa[4] = {
+            pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+            pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
         for (int nd = 0; nd < D / 16; ++nd) {
           std::uint32_t b[4];
           ldmatrix_x4_trans(b, vt + swz<D>(k0 + kk * 16 + v_row, 2 * nd + v_chunk));
-          mma_16816(o[2 * nd], pa, b[0], b[1]);
-          mma_16816(o[2 * nd + 1], pa, b[2], b[3]);
+          mma_16816<T>(o[2 * nd], pa, b[0], b[1]);
+          mma_16816<T>(o[2 * nd + 1], pa, b[2], b[3]);
         }
       }
     }
@@ -280,11 +281,13 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
   const float inv_hi = l[1] > 0.0f ? 1.0f / l[1] : 0.0f;
 
   if (it.partial_base < 0) {
-    // Stage the warp's 16 rows (bf16) in its own rows of sQ, then 16-byte coalesced stores.
+    // Stage the warp's 16 rows (as T) in its own rows of sQ, then 16-byte coalesced stores.
 #pragma unroll
     for (int n = 0; n < kOTiles; ++n) {
-      *reinterpret_cast<std::uint32_t*>(sQ + swz<D>(r_lo, n) + t4 * 2) = pack_bf16(o[n][0] * inv_lo, o[n][1] * inv_lo);
-      *reinterpret_cast<std::uint32_t*>(sQ + swz<D>(r_hi, n) + t4 * 2) = pack_bf16(o[n][2] * inv_hi, o[n][3] * inv_hi);
+      *reinterpret_cast<std::uint32_t*>(sQ + swz<D>(r_lo, n) + t4 * 2) =
+          pack2<T>(o[n][0] * inv_lo, o[n][1] * inv_lo);
+      *reinterpret_cast<std::uint32_t*>(sQ + swz<D>(r_hi, n) + t4 * 2) =
+          pack2<T>(o[n][2] * inv_hi, o[n][3] * inv_hi);
     }
     __syncwarp();
 #pragma unroll
@@ -293,7 +296,7 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
       const int rr = warp * 16 + c / kChunks;
       const int ch = c % kChunks;
       if (rr <= last_row) {
-        bf16* dst = a.out + (static_cast<std::int64_t>(it.row_begin + rr) * a.n_heads + h) * D + ch * 8;
+        T* dst = a.out + (static_cast<std::int64_t>(it.row_begin + rr) * a.n_heads + h) * D + ch * 8;
         *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(sQ + swz<D>(rr, ch));
       }
     }
@@ -315,45 +318,56 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
   }
 }
 
-template <int D, int BM>
-void launch_t(const KernelArgs& a, const PrefillItem* items, int n_items, cudaStream_t stream) {
+template <class T, int D, int BM>
+void launch_t(const KernelArgs<T>& a, const PrefillItem* items, int n_items, cudaStream_t stream) {
   using S = PrefillShape<D, BM>;
   // gridDim.y is at most 65535: long work lists go in several launches.
   constexpr int kMaxY = 65535;
   for (int first = 0; first < n_items; first += kMaxY) {
     const dim3 grid(static_cast<unsigned>(a.n_heads), static_cast<unsigned>(std::min(kMaxY, n_items - first)));
-    prefill_kernel<D, BM><<<grid, S::kThreads, S::kSmemBytes, stream>>>(a, items + first);
+    prefill_kernel<T, D, BM><<<grid, S::kThreads, S::kSmemBytes, stream>>>(a, items + first);
     check_launch("attention prefill kernel");
   }
 }
 
-template <int D, int BM>
+template <class T, int D, int BM>
 int prepare_t() {
   using S = PrefillShape<D, BM>;
-  check_cuda(cudaFuncSetAttribute(prefill_kernel<D, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  check_cuda(cudaFuncSetAttribute(prefill_kernel<T, D, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(S::kSmemBytes)),
              "cudaFuncSetAttribute(attention prefill)");
   int blocks = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, prefill_kernel<D, BM>, S::kThreads, S::kSmemBytes),
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, prefill_kernel<T, D, BM>, S::kThreads,
+                                                           S::kSmemBytes),
              "cudaOccupancyMaxActiveBlocksPerMultiprocessor(attention prefill)");
   return std::max(blocks, 1);
 }
 
-}  // namespace
-
-void launch_prefill(const KernelArgs& a, const PrefillItem* items, int n_items, int head_dim, int tile_rows,
-                    cudaStream_t stream) {
-  if (n_items <= 0) return;
-  if (head_dim == 64) {
-    tile_rows == 128 ? launch_t<64, 128>(a, items, n_items, stream) : launch_t<64, 64>(a, items, n_items, stream);
-  } else {
-    tile_rows == 128 ? launch_t<128, 128>(a, items, n_items, stream) : launch_t<128, 64>(a, items, n_items, stream);
-  }
+template <int D, int BM>
+int prepare_both() {
+  return std::min(prepare_t<bf16, D, BM>(), prepare_t<f16, D, BM>());
 }
 
+}  // namespace
+
+template <class T>
+void launch_prefill(const KernelArgs<T>& a, const PrefillItem* items, int n_items, int head_dim,
+                    int tile_rows, cudaStream_t stream) {
+  if (n_items <= 0) return;
+  if (head_dim == 64) {
+    tile_rows == 128 ? launch_t<T, 64, 128>(a, items, n_items, stream)
+                     : launch_t<T, 64, 64>(a, items, n_items, stream);
+  } else {
+    tile_rows == 128 ? launch_t<T, 128, 128>(a, items, n_items, stream)
+                     : launch_t<T, 128, 64>(a, items, n_items, stream);
+  }
+}
+template void launch_prefill(const KernelArgs<bf16>&, const PrefillItem*, int, int, int, cudaStream_t);
+template void launch_prefill(const KernelArgs<f16>&, const PrefillItem*, int, int, int, cudaStream_t);
+
 int prepare_prefill(int head_dim, int tile_rows) {
-  if (head_dim == 64) return tile_rows == 128 ? prepare_t<64, 128>() : prepare_t<64, 64>();
-  return tile_rows == 128 ? prepare_t<128, 128>() : prepare_t<128, 64>();
+  if (head_dim == 64) return tile_rows == 128 ? prepare_both<64, 128>() : prepare_both<64, 64>();
+  return tile_rows == 128 ? prepare_both<128, 128>() : prepare_both<128, 64>();
 }
 
 std::size_t prefill_smem_bytes(int head_dim, int tile_rows) {

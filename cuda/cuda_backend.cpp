@@ -1,7 +1,9 @@
 // The Llama forward on the GPU. One step: upload the batch metadata in one copy, embed, then per
 // layer RMSNorm → fused QKV GEMM → RoPE + KV write → paged attention → O GEMM accumulated into
 // the residual → RMSNorm → fused gate/up GEMM → SwiGLU → down GEMM accumulated into the residual;
-// finally the norm and LM head on the rows whose logits are wanted, copied to the host.
+// finally the norm and LM head on the rows whose logits are wanted, copied to the host. The
+// storage type (bf16 or fp16) is a template parameter of the weights, the KV cache, the 16-bit
+// activations and the forward pass, chosen once at construction.
 #include "chunkwise/cuda/cuda_backend.hpp"
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include <cstring>
 #include <span>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "chunkwise/backend/cpu/ops.hpp"
@@ -22,32 +25,55 @@ namespace chunkwise::cuda {
 
 namespace {
 
-std::vector<bf16> to_bf16(const float* src, std::size_t n) {
-  std::vector<bf16> out(n);
-  for (std::size_t i = 0; i < n; ++i) out[i] = __float2bfloat16(src[i]);
-  return out;
-}
-
-// Uploads rows of fp32 host matrices, concatenated, as one bf16 device matrix.
-DeviceBuffer<bf16> upload(std::initializer_list<std::pair<const float*, std::size_t>> parts) {
+// Uploads fp32 host arrays, concatenated and rounded to T (to nearest even), as one device array.
+template <class T>
+DeviceBuffer<T> upload(std::initializer_list<std::span<const float>> parts) {
   std::size_t n = 0;
-  for (const auto& p : parts) n += p.second;
-  std::vector<bf16> host;
+  for (const auto& p : parts) n += p.size();
+  std::vector<T> host;
   host.reserve(n);
-  for (const auto& p : parts) {
-    const std::vector<bf16> b = to_bf16(p.first, p.second);
-    host.insert(host.end(), b.begin(), b.end());
-  }
-  DeviceBuffer<bf16> d(n);
-  check_cuda(cudaMemcpy(d.get(), host.data(), n * sizeof(bf16), cudaMemcpyHostToDevice), "upload weights");
+  for (const auto& p : parts)
+    for (const float x : p) host.push_back(T(x));
+  DeviceBuffer<T> d(n);
+  check_cuda(cudaMemcpy(d.get(), host.data(), n * sizeof(T), cudaMemcpyHostToDevice), "upload weights");
   return d;
 }
 
-DeviceBuffer<bf16> upload(const std::vector<float>& v) { return upload({{v.data(), v.size()}}); }
-DeviceBuffer<bf16> upload(const Matrix& m) { return upload({{m.data.data(), m.data.size()}}); }
+std::span<const float> all(const Matrix& m) {
+  return m.data;
+}
 
+template <class T>
 struct Layer {
-  DeviceBuffer<bf16> attn_norm, wqkv, wo, ffn_norm, w_gate_up, w_down;
+  DeviceBuffer<T> attn_norm, wqkv, wo, ffn_norm, w_gate_up, w_down;
+};
+
+// Everything held in the storage type T.
+template <class T>
+struct Storage {
+  DeviceBuffer<T> embedding, output_norm, lm_head_own;
+  const T* lm_head = nullptr;
+  std::vector<Layer<T>> layers;
+  DeviceBuffer<T> kv;  // [layers][K|V][num_blocks * block_size * kv_dim]
+  // Activations, grown to the largest batch seen.
+  DeviceBuffer<T> h, q, attn, act, h_out;
+
+  explicit Storage(const ModelWeights& w) {
+    embedding = upload<T>({all(w.token_embedding)});
+    output_norm = upload<T>({w.output_norm});
+    if (!w.output.empty()) lm_head_own = upload<T>({all(w.output)});
+    lm_head = w.output.empty() ? embedding.get() : lm_head_own.get();
+    for (const LayerWeights& L : w.layers) {
+      Layer<T> d;
+      d.attn_norm = upload<T>({L.attn_norm});
+      d.wqkv = upload<T>({all(L.wq), all(L.wk), all(L.wv)});
+      d.wo = upload<T>({all(L.wo)});
+      d.ffn_norm = upload<T>({L.ffn_norm});
+      d.w_gate_up = upload<T>({all(L.w_gate), all(L.w_up)});
+      d.w_down = upload<T>({all(L.w_down)});
+      layers.push_back(std::move(d));
+    }
+  }
 };
 
 // Pinned host memory for the per-step metadata upload.
@@ -113,28 +139,31 @@ struct CudaBackend::Impl {
   int num_blocks;
   int block_size;
   int device;
+  DType dtype;
   cudaStream_t stream = nullptr;
   Gemm gemm;
 
-  DeviceBuffer<bf16> embedding, output_norm, lm_head_own;
-  const bf16* lm_head = nullptr;
-  std::vector<Layer> layers;
+  std::variant<Storage<bf16>, Storage<f16>> storage;
   DeviceBuffer<float> inv_freq;
-  DeviceBuffer<bf16> kv;  // [layers][K|V][num_blocks * block_size * kv_dim]
   std::size_t kv_layer_elems = 0;
 
   PagedAttention attention;
   PinnedBytes staging;
   DeviceBuffer<std::byte> metadata;
   DeviceBuffer<int> bad_token;
-  // Activations, grown to the largest batch seen.
+  // fp32 activations, grown to the largest batch seen.
   DeviceBuffer<float> x, qkv, gate_up, logits;
-  DeviceBuffer<bf16> h, q, attn, act, h_out;
   DeviceBuffer<std::int32_t> tokens;
   DeviceBuffer<std::byte> sample_ws;
 
-  Impl(std::shared_ptr<const Model> m, int nb, int bs, int dev)
-      : model(std::move(m)), num_blocks(nb), block_size(bs), device(dev) {}
+  Impl(std::shared_ptr<const Model> m, int nb, int bs, int dev, DType dt)
+      : model(std::move(m)),
+        num_blocks(nb),
+        block_size(bs),
+        device(dev),
+        dtype(dt),
+        storage(dt == DType::kF16 ? decltype(storage)(Storage<f16>(model->weights()))
+                                  : decltype(storage)(Storage<bf16>(model->weights()))) {}
 
   ~Impl() {
     if (stream) cudaStreamDestroy(stream);
@@ -144,12 +173,32 @@ struct CudaBackend::Impl {
 
   std::vector<std::size_t> run(const ForwardBatch& b, std::size_t logits_size,
                                const std::vector<std::span<const std::byte>>& extra);
+  template <class E>  // E: the storage type (T is the row count there)
+  std::vector<std::size_t> run(Storage<E>& s, const ForwardBatch& b, std::size_t logits_size,
+                               const std::vector<std::span<const std::byte>>& extra);
 
-  bf16* k_cache(int l) { return kv.get() + (2 * static_cast<std::size_t>(l)) * kv_layer_elems; }
-  bf16* v_cache(int l) { return kv.get() + (2 * static_cast<std::size_t>(l) + 1) * kv_layer_elems; }
+  template <class T>
+  T* k_cache(Storage<T>& s, int l) {
+    return s.kv.get() + (2 * static_cast<std::size_t>(l)) * kv_layer_elems;
+  }
+  template <class T>
+  T* v_cache(Storage<T>& s, int l) {
+    return s.kv.get() + (2 * static_cast<std::size_t>(l) + 1) * kv_layer_elems;
+  }
+  // Block `block` of layer l's K (kv = 0) or V (kv = 1) cache, block_bytes() long.
+  std::byte* kv_block(int l, int kv, BlockId block) {
+    return std::visit(
+        [&](auto& s) {
+          return reinterpret_cast<std::byte*>(s.kv.get() +
+                                              (2 * static_cast<std::size_t>(l) + kv) * kv_layer_elems +
+                                              static_cast<std::size_t>(block) * block_elems());
+        },
+        storage);
+  }
   [[nodiscard]] std::size_t block_elems() const {
     return static_cast<std::size_t>(block_size) * static_cast<std::size_t>(model->config().kv_dim());
   }
+  [[nodiscard]] std::size_t block_bytes() const { return block_elems() * sizeof(bf16); }
 };
 
 namespace {
@@ -165,7 +214,8 @@ void select_device(int device) {
 }
 }  // namespace
 
-CudaBackend::CudaBackend(std::shared_ptr<const Model> model, int num_blocks, int block_size, int device) {
+CudaBackend::CudaBackend(std::shared_ptr<const Model> model, int num_blocks, int block_size, int device,
+                         DType dtype) {
   check(model != nullptr, ErrorCode::kInvalidArgument, "CudaBackend needs a model");
   check(num_blocks > 0, ErrorCode::kInvalidArgument, "KV cache needs at least one block");
   check(block_size >= 1 && block_size <= 128, ErrorCode::kInvalidArgument,
@@ -174,36 +224,22 @@ CudaBackend::CudaBackend(std::shared_ptr<const Model> model, int num_blocks, int
   check(c.head_dim == 64 || c.head_dim == 128, ErrorCode::kUnsupported,
         "CUDA backend: head_dim " + std::to_string(c.head_dim) + " (64 and 128 are supported)");
   select_device(device);
-  impl_ = std::make_unique<Impl>(std::move(model), num_blocks, block_size, device);
+  impl_ = std::make_unique<Impl>(std::move(model), num_blocks, block_size, device, dtype);
   Impl& m = *impl_;
   check_cuda(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "cudaStreamCreate");
-
-  const ModelWeights& w = m.model->weights();
-  m.embedding = upload(w.token_embedding);
-  m.output_norm = upload(w.output_norm);
-  if (!w.output.empty()) m.lm_head_own = upload(w.output);
-  m.lm_head = w.output.empty() ? m.embedding.get() : m.lm_head_own.get();
-  for (const LayerWeights& L : w.layers) {
-    Layer d;
-    d.attn_norm = upload(L.attn_norm);
-    d.wqkv = upload({{L.wq.data.data(), L.wq.data.size()},
-                     {L.wk.data.data(), L.wk.data.size()},
-                     {L.wv.data.data(), L.wv.data.size()}});
-    d.wo = upload(L.wo);
-    d.ffn_norm = upload(L.ffn_norm);
-    d.w_gate_up = upload({{L.w_gate.data.data(), L.w_gate.data.size()}, {L.w_up.data.data(), L.w_up.data.size()}});
-    d.w_down = upload(L.w_down);
-    m.layers.push_back(std::move(d));
-  }
   const std::vector<float> inv_freq = cpu::rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling);
   m.inv_freq = DeviceBuffer<float>(inv_freq.size());
   check_cuda(cudaMemcpy(m.inv_freq.get(), inv_freq.data(), inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice),
              "upload inv_freq");
   m.kv_layer_elems = static_cast<std::size_t>(num_blocks) * m.block_elems();
-  m.kv = DeviceBuffer<bf16>(2 * static_cast<std::size_t>(c.n_layers) * m.kv_layer_elems);
-  // Fresh blocks hold zeros, not garbage: a bug that reads unwritten KV then shows as a wrong
-  // answer in the tests rather than as NaN by chance.
-  check_cuda(cudaMemset(m.kv.get(), 0, m.kv.bytes()), "clear KV cache");
+  std::visit(
+      [&](auto& s) {
+        s.kv = decltype(s.kv)(2 * static_cast<std::size_t>(c.n_layers) * m.kv_layer_elems);
+        // Fresh blocks hold zeros, not garbage: a bug that reads unwritten KV then shows as a wrong
+        // answer in the tests rather than as NaN by chance.
+        check_cuda(cudaMemset(s.kv.get(), 0, s.kv.bytes()), "clear KV cache");
+      },
+      m.storage);
   m.bad_token = DeviceBuffer<int>(1);
 }
 
@@ -214,6 +250,9 @@ CudaBackend& CudaBackend::operator=(CudaBackend&&) noexcept = default;
 int CudaBackend::num_blocks() const { return impl_->num_blocks; }
 int CudaBackend::block_size() const { return impl_->block_size; }
 int CudaBackend::device() const { return impl_->device; }
+DType CudaBackend::dtype() const {
+  return impl_->dtype;
+}
 
 std::size_t CudaBackend::kv_bytes_per_block(const ModelConfig& c, int block_size) {
   return static_cast<std::size_t>(2) * c.n_layers * block_size * c.kv_dim() * sizeof(bf16);
@@ -222,6 +261,12 @@ std::size_t CudaBackend::kv_bytes_per_block(const ModelConfig& c, int block_size
 // Runs the model on b up to the logits of the wanted rows, left in m.logits on the device;
 // `extra` arrays ride along in the batch's one metadata upload (their device offsets come back).
 std::vector<std::size_t> CudaBackend::Impl::run(const ForwardBatch& b, std::size_t logits_size,
+                                                const std::vector<std::span<const std::byte>>& extra) {
+  return std::visit([&](auto& s) { return run(s, b, logits_size, extra); }, storage);
+}
+
+template <class E>
+std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatch& b, std::size_t logits_size,
                                                 const std::vector<std::span<const std::byte>>& extra) {
   const ModelConfig& c = model->config();
   validate(b, logits_size, c.vocab, num_blocks, block_size);
@@ -236,8 +281,8 @@ std::vector<std::size_t> CudaBackend::Impl::run(const ForwardBatch& b, std::size
   const auto n_out = static_cast<std::int64_t>(b.logit_rows.size());
   const auto rows = static_cast<std::size_t>(std::max<std::int64_t>(T, 1));
   x.reserve(rows * H), qkv.reserve(rows * QKV), gate_up.reserve(rows * 2 * F);
-  h.reserve(rows * H), q.reserve(rows * Q), attn.reserve(rows * Q), act.reserve(rows * F);
-  h_out.reserve(static_cast<std::size_t>(std::max<std::int64_t>(n_out, 1)) * H);
+  s.h.reserve(rows * H), s.q.reserve(rows * Q), s.attn.reserve(rows * Q), s.act.reserve(rows * F);
+  s.h_out.reserve(static_cast<std::size_t>(std::max<std::int64_t>(n_out, 1)) * H);
   logits.reserve(static_cast<std::size_t>(std::max<std::int64_t>(n_out, 1)) * c.vocab);
 
   MetadataPack pack;
@@ -262,26 +307,27 @@ std::vector<std::size_t> CudaBackend::Impl::run(const ForwardBatch& b, std::size
   attention.plan(b.query_start, b.page_start, b.kv_len, b.positions, c.n_heads, c.n_kv_heads, c.head_dim,
                  block_size, st);
 
-  embed(embedding.get(), c.vocab, H, d_tokens, T, x.get(), bad_token.get(), st);
+  embed(s.embedding.get(), c.vocab, H, d_tokens, T, x.get(), bad_token.get(), st);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   for (int l = 0; l < c.n_layers; ++l) {
-    const Layer& L = layers[static_cast<std::size_t>(l)];
-    add_rms_norm(x.get(), nullptr, L.attn_norm.get(), T, H, c.rms_eps, h.get(), st);
-    gemm.linear(h.get(), T, H, L.wqkv.get(), QKV, qkv.get(), 0.0f, st);
-    rope_write_kv(qkv.get(), T, c.n_heads, c.n_kv_heads, c.head_dim, d_pos, inv_freq.get(), d_slots, q.get(),
-                  k_cache(l), v_cache(l), block_size, st);
-    const PagedKvView cache{k_cache(l), v_cache(l), block_size, c.n_kv_heads, c.head_dim};
-    attention.run(q.get(), cache, ab, nullptr, scale, attn.get(), st);
-    gemm.linear(attn.get(), T, Q, L.wo.get(), H, x.get(), 1.0f, st);  // += residual
-    add_rms_norm(x.get(), nullptr, L.ffn_norm.get(), T, H, c.rms_eps, h.get(), st);
-    gemm.linear(h.get(), T, H, L.w_gate_up.get(), 2 * F, gate_up.get(), 0.0f, st);
-    swiglu(gate_up.get(), T, F, act.get(), st);
-    gemm.linear(act.get(), T, F, L.w_down.get(), H, x.get(), 1.0f, st);  // += residual
+    const Layer<E>& L = s.layers[static_cast<std::size_t>(l)];
+    add_rms_norm(x.get(), nullptr, L.attn_norm.get(), T, H, c.rms_eps, s.h.get(), st);
+    gemm.linear(s.h.get(), T, H, L.wqkv.get(), QKV, qkv.get(), 0.0f, st);
+    rope_write_kv(qkv.get(), T, c.n_heads, c.n_kv_heads, c.head_dim, d_pos, inv_freq.get(), d_slots,
+                  s.q.get(), k_cache(s, l), v_cache(s, l), block_size, st);
+    const BasicPagedKvView<E> cache{k_cache(s, l), v_cache(s, l), block_size, c.n_kv_heads, c.head_dim};
+    attention.run(s.q.get(), cache, ab, nullptr, scale, s.attn.get(), st);
+    gemm.linear(s.attn.get(), T, Q, L.wo.get(), H, x.get(), 1.0f, st);  // += residual
+    add_rms_norm(x.get(), nullptr, L.ffn_norm.get(), T, H, c.rms_eps, s.h.get(), st);
+    gemm.linear(s.h.get(), T, H, L.w_gate_up.get(), 2 * F, gate_up.get(), 0.0f, st);
+    swiglu(gate_up.get(), T, F, s.act.get(), st);
+    gemm.linear(s.act.get(), T, F, L.w_down.get(), H, x.get(), 1.0f, st);  // += residual
   }
   if (n_out > 0) {
-    add_rms_norm(x.get(), nullptr, output_norm.get(), T, H, c.rms_eps, h.get(), st);
-    gather_rows(h.get(), H, reinterpret_cast<const std::int32_t*>(dev(o_logit_rows)), n_out, h_out.get(), st);
-    gemm.linear(h_out.get(), n_out, H, lm_head, c.vocab, logits.get(), 0.0f, st);
+    add_rms_norm(x.get(), nullptr, s.output_norm.get(), T, H, c.rms_eps, s.h.get(), st);
+    gather_rows(s.h.get(), H, reinterpret_cast<const std::int32_t*>(dev(o_logit_rows)), n_out, s.h_out.get(),
+                st);
+    gemm.linear(s.h_out.get(), n_out, H, s.lm_head, c.vocab, logits.get(), 0.0f, st);
   }
   return extra_offsets;
 }
@@ -329,11 +375,10 @@ void CudaBackend::copy_block(BlockId src, BlockId dst) {
   Impl& m = *impl_;
   check(src >= 0 && src < m.num_blocks && dst >= 0 && dst < m.num_blocks, ErrorCode::kInvalidArgument,
         "KV block out of range");
-  const std::size_t n = m.block_elems();
   for (int l = 0; l < m.model->config().n_layers; ++l)
-    for (bf16* cache : {m.k_cache(l), m.v_cache(l)})
-      check_cuda(cudaMemcpyAsync(cache + static_cast<std::size_t>(dst) * n, cache + static_cast<std::size_t>(src) * n,
-                                 n * sizeof(bf16), cudaMemcpyDeviceToDevice, m.stream),
+    for (int kv = 0; kv < 2; ++kv)
+      check_cuda(cudaMemcpyAsync(m.kv_block(l, kv, dst), m.kv_block(l, kv, src), m.block_bytes(),
+                                 cudaMemcpyDeviceToDevice, m.stream),
                  "copy KV block");
   check_cuda(cudaStreamSynchronize(m.stream), "copy KV block");
 }
@@ -343,16 +388,14 @@ void CudaBackend::save_block(BlockId src, std::span<std::byte> dst) const {
   check(src >= 0 && src < m.num_blocks, ErrorCode::kInvalidArgument, "KV block out of range");
   check(dst.size() == kv_bytes_per_block(m.model->config(), m.block_size), ErrorCode::kInvalidArgument,
         "KV block save: wrong buffer size");
-  const std::size_t n = m.block_elems();
   std::byte* out = dst.data();
   const int layers = m.model->config().n_layers;
   for (int kv = 0; kv < 2; ++kv)
     for (int l = 0; l < layers; ++l) {
-      const bf16* cache = kv == 0 ? m.k_cache(l) : m.v_cache(l);
-      check_cuda(cudaMemcpyAsync(out, cache + static_cast<std::size_t>(src) * n, n * sizeof(bf16),
-                                 cudaMemcpyDeviceToHost, m.stream),
-                 "save KV block");
-      out += n * sizeof(bf16);
+      check_cuda(
+          cudaMemcpyAsync(out, m.kv_block(l, kv, src), m.block_bytes(), cudaMemcpyDeviceToHost, m.stream),
+          "save KV block");
+      out += m.block_bytes();
     }
   check_cuda(cudaStreamSynchronize(m.stream), "save KV block");
 }
@@ -362,16 +405,14 @@ void CudaBackend::load_block(BlockId dst, std::span<const std::byte> src) {
   check(dst >= 0 && dst < m.num_blocks, ErrorCode::kInvalidArgument, "KV block out of range");
   check(src.size() == kv_bytes_per_block(m.model->config(), m.block_size), ErrorCode::kInvalidArgument,
         "KV block load: wrong buffer size");
-  const std::size_t n = m.block_elems();
   const std::byte* in = src.data();
   const int layers = m.model->config().n_layers;
   for (int kv = 0; kv < 2; ++kv)
     for (int l = 0; l < layers; ++l) {
-      bf16* cache = kv == 0 ? m.k_cache(l) : m.v_cache(l);
-      check_cuda(cudaMemcpyAsync(cache + static_cast<std::size_t>(dst) * n, in, n * sizeof(bf16),
-                                 cudaMemcpyHostToDevice, m.stream),
-                 "load KV block");
-      in += n * sizeof(bf16);
+      check_cuda(
+          cudaMemcpyAsync(m.kv_block(l, kv, dst), in, m.block_bytes(), cudaMemcpyHostToDevice, m.stream),
+          "load KV block");
+      in += m.block_bytes();
     }
   check_cuda(cudaStreamSynchronize(m.stream), "load KV block");
 }
@@ -379,23 +420,29 @@ void CudaBackend::load_block(BlockId dst, std::span<const std::byte> src) {
 namespace {
 class CudaProvider final : public BackendProvider {
  public:
-  explicit CudaProvider(int device) : device_(device) {}
-  [[nodiscard]] std::string name() const override { return "cuda:" + std::to_string(device_); }
+  CudaProvider(int device, DType dtype) : device_(device), dtype_(dtype) {}
+  [[nodiscard]] std::string name() const override {
+    std::string n = "cuda:" + std::to_string(device_);
+    if (dtype_ != DType::kBF16) n.append(" ").append(to_string(dtype_));
+    return n;
+  }
   [[nodiscard]] std::size_t kv_bytes_per_block(const ModelConfig& config, int block_size) const override {
     return CudaBackend::kv_bytes_per_block(config, block_size);
   }
   [[nodiscard]] std::unique_ptr<BackendInterface> create(std::shared_ptr<const Model> model, int num_blocks,
                                                          int block_size) const override {
-    return std::make_unique<detail::BackendAdapter<CudaBackend>>(std::move(model), num_blocks, block_size, device_);
+    return std::make_unique<detail::BackendAdapter<CudaBackend>>(std::move(model), num_blocks, block_size,
+                                                                 device_, dtype_);
   }
 
  private:
   int device_;
+  DType dtype_;
 };
 }  // namespace
 
-std::shared_ptr<const BackendProvider> backend_provider(int device) {
-  return std::make_shared<const CudaProvider>(device);
+std::shared_ptr<const BackendProvider> backend_provider(int device, DType dtype) {
+  return std::make_shared<const CudaProvider>(device, dtype);
 }
 
 }  // namespace chunkwise::cuda

@@ -1,8 +1,8 @@
 // Element-wise and row-wise kernels of the CUDA backend: embedding lookup, fused residual add +
 // RMSNorm, RoPE with the paged KV-cache write, SwiGLU, row gather and conversions. All memory-bound:
-// one pass over the data, 16-byte vectors (8 bf16 / 2x4 floats) where the row length is a multiple
-// of 8 and the pointers are 16-byte aligned, a scalar path otherwise; fp32 arithmetic throughout.
-#include <cuda_bf16.h>
+// one pass over the data, 16-byte vectors (8 bf16 or fp16 / 2x4 floats) where the row length is a
+// multiple of 8 and the pointers are 16-byte aligned, a scalar path otherwise; fp32 arithmetic
+// throughout. Templates over the storage type T (bf16, f16), instantiated at the end.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -13,6 +13,7 @@
 #include "chunkwise/core/error.hpp"
 #include "chunkwise/cuda/common.hpp"
 #include "chunkwise/cuda/ops.hpp"
+#include "storage.cuh"
 
 namespace chunkwise::cuda {
 
@@ -51,55 +52,53 @@ __device__ __forceinline__ void store_f32(float* p, const float (&f)[V]) {
   }
 }
 
-// V consecutive bf16 from p as floats (V = 8: one 16-byte load).
-template <int V>
-__device__ __forceinline__ void load_bf16(const bf16* p, float (&f)[V]) {
+// V consecutive storage elements from p as floats (V = 8: one 16-byte load).
+template <int V, class T>
+__device__ __forceinline__ void load_t(const T* p, float (&f)[V]) {
   if constexpr (V == 8) {
-    // Each 32-bit word holds two bf16, the lower address in the low half; a bf16 is the top half
-    // of its fp32 value.
     const uint4 v = *reinterpret_cast<const uint4*>(p);
     const unsigned w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      f[2 * k] = __uint_as_float(w[k] << 16);
-      f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+      const float2 t = unpack2<T>(w[k]);
+      f[2 * k] = t.x;
+      f[2 * k + 1] = t.y;
     }
   } else {
 #pragma unroll
-    for (int e = 0; e < V; ++e) f[e] = __bfloat162float(p[e]);
+    for (int e = 0; e < V; ++e) f[e] = to_float(p[e]);
   }
 }
 
-template <int V>
-__device__ __forceinline__ void store_bf16(bf16* p, const float (&f)[V]) {
+template <int V, class T>
+__device__ __forceinline__ void store_t(T* p, const float (&f)[V]) {
   if constexpr (V == 8) {
     unsigned w[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const __nv_bfloat162 h = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-      memcpy(&w[k], &h, sizeof(unsigned));
-    }
+    for (int k = 0; k < 4; ++k) w[k] = pack2<T>(f[2 * k], f[2 * k + 1]);
     *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
   } else {
 #pragma unroll
-    for (int e = 0; e < V; ++e) p[e] = __float2bfloat16_rn(f[e]);
+    for (int e = 0; e < V; ++e) p[e] = from_float<T>(f[e]);
   }
 }
 
-template <int V>
-__device__ __forceinline__ void store_out(bf16* p, const float (&f)[V]) {
-  store_bf16<V>(p, f);
-}
-template <int V>
-__device__ __forceinline__ void store_out(float* p, const float (&f)[V]) {
-  store_f32<V>(p, f);
+// To fp32 or to a storage type.
+template <int V, class OutT>
+__device__ __forceinline__ void store_out(OutT* p, const float (&f)[V]) {
+  if constexpr (std::is_same_v<OutT, float>) {
+    store_f32<V>(p, f);
+  } else {
+    store_t<V>(p, f);
+  }
 }
 
 // ---- embedding ----
 
-template <int V>
-__global__ void embed_kernel(const bf16* __restrict__ table, i64 vocab, i64 dim, const std::int32_t* __restrict__ ids,
-                             i64 n, float* __restrict__ out, int* bad_id_flag) {
+template <int V, class T>
+__global__ void embed_kernel(const T* __restrict__ table, i64 vocab, i64 dim,
+                             const std::int32_t* __restrict__ ids, i64 n, float* __restrict__ out,
+                             int* bad_id_flag) {
   const i64 vpr = dim / V;
   const i64 total = n * vpr;
   for (i64 t = global_thread(); t < total; t += global_stride()) {
@@ -112,7 +111,7 @@ __global__ void embed_kernel(const bf16* __restrict__ table, i64 vocab, i64 dim,
       for (int e = 0; e < V; ++e) f[e] = 0.0f;
       if (bad_id_flag != nullptr && c == 0) *bad_id_flag = 1;
     } else {
-      load_bf16<V>(table + static_cast<i64>(id) * dim + c, f);
+      load_t<V>(table + static_cast<i64>(id) * dim + c, f);
     }
     store_f32<V>(out + r * dim + c, f);
   }
@@ -139,9 +138,9 @@ __device__ __forceinline__ float block_sum(float v) {
 
 // One CTA per row; each thread keeps its VPT vectors of V elements in registers, so x is read once.
 // Needs dim % V == 0 and dim / V <= VPT * blockDim.x.
-template <int V, int VPT, class OutT>
-__global__ void rms_norm_kernel(float* __restrict__ x, const float* residual, const bf16* __restrict__ weight, i64 dim,
-                                float eps, OutT* __restrict__ y) {
+template <int V, int VPT, class T, class OutT>
+__global__ void rms_norm_kernel(float* __restrict__ x, const float* residual, const T* __restrict__ weight,
+                                i64 dim, float eps, OutT* __restrict__ y) {
   const i64 row = blockIdx.x;
   float* xr = x + row * dim;
   const float* rr = residual != nullptr ? residual + row * dim : nullptr;
@@ -172,7 +171,7 @@ __global__ void rms_norm_kernel(float* __restrict__ x, const float* residual, co
     const int k = static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x);
     if (k < nvec) {
       float w[V];
-      load_bf16<V>(weight + static_cast<i64>(k) * V, w);
+      load_t<V>(weight + static_cast<i64>(k) * V, w);
       float o[V];
       // Same rounding order as the CPU reference (and HF): weight * (x * inv).
 #pragma unroll
@@ -183,9 +182,10 @@ __global__ void rms_norm_kernel(float* __restrict__ x, const float* residual, co
 }
 
 // Any dim: two passes over the row (the second from L1/L2).
-template <class OutT>
-__global__ void rms_norm_generic_kernel(float* __restrict__ x, const float* residual, const bf16* __restrict__ weight,
-                                        i64 dim, float eps, OutT* __restrict__ y) {
+template <class T, class OutT>
+__global__ void rms_norm_generic_kernel(float* __restrict__ x, const float* residual,
+                                        const T* __restrict__ weight, i64 dim, float eps,
+                                        OutT* __restrict__ y) {
   const i64 row = blockIdx.x;
   float* xr = x + row * dim;
   const float* rr = residual != nullptr ? residual + row * dim : nullptr;
@@ -202,7 +202,7 @@ __global__ void rms_norm_generic_kernel(float* __restrict__ x, const float* resi
   ss = block_sum(ss);
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
   for (i64 i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float o[1] = {__fmul_rn(__bfloat162float(weight[i]), __fmul_rn(xr[i], inv))};
+    const float o[1] = {__fmul_rn(to_float(weight[i]), __fmul_rn(xr[i], inv))};
     store_out<1>(yr + i, o);
   }
 }
@@ -213,11 +213,12 @@ constexpr int kMaxHalfHeadDim = 256;
 
 // One CTA per row: cos/sin of the row's position once in shared memory, then every (head, chunk of
 // V pair indices) of q, k and v: q and k rotated, q to q_out, k and v to the cache slot.
-template <int V>
+template <int V, class T>
 __global__ void rope_write_kv_kernel(const float* __restrict__ qkv, int n_heads, int n_kv_heads, int head_dim,
-                                     const std::int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
-                                     const i64* __restrict__ slots, bf16* __restrict__ q_out,
-                                     bf16* __restrict__ k_cache, bf16* __restrict__ v_cache) {
+                                     const std::int32_t* __restrict__ positions,
+                                     const float* __restrict__ inv_freq, const i64* __restrict__ slots,
+                                     T* __restrict__ q_out, T* __restrict__ k_cache,
+                                     T* __restrict__ v_cache) {
   __shared__ float cos_s[kMaxHalfHeadDim];
   __shared__ float sin_s[kMaxHalfHeadDim];
   const i64 r = blockIdx.x;
@@ -239,7 +240,7 @@ __global__ void rope_write_kv_kernel(const float* __restrict__ qkv, int n_heads,
   for (int u = static_cast<int>(threadIdx.x); u < heads * chunks; u += static_cast<int>(blockDim.x)) {
     const int h = u / chunks;
     const int i = (u - h * chunks) * V;
-    bf16* dst;
+    T* dst;
     if (h < n_heads) {
       dst = q_out + (r * n_heads + h) * head_dim;
     } else {
@@ -263,15 +264,15 @@ __global__ void rope_write_kv_kernel(const float* __restrict__ qkv, int n_heads,
         b[e] = x2 * c + x1 * s;
       }
     }
-    store_bf16<V>(dst + i, a);
-    store_bf16<V>(dst + half + i, b);
+    store_t<V>(dst + i, a);
+    store_t<V>(dst + half + i, b);
   }
 }
 
 // ---- SwiGLU ----
 
-template <int V>
-__global__ void swiglu_kernel(const float* __restrict__ gate_up, i64 rows, i64 ffn, bf16* __restrict__ out) {
+template <int V, class T>
+__global__ void swiglu_kernel(const float* __restrict__ gate_up, i64 rows, i64 ffn, T* __restrict__ out) {
   const i64 vpr = ffn / V;
   const i64 total = rows * vpr;
   for (i64 t = global_thread(); t < total; t += global_stride()) {
@@ -283,28 +284,28 @@ __global__ void swiglu_kernel(const float* __restrict__ gate_up, i64 rows, i64 f
     load_f32<V>(g + ffn, uv);
 #pragma unroll
     for (int e = 0; e < V; ++e) o[e] = gv[e] / (1.0f + expf(-gv[e])) * uv[e];
-    store_bf16<V>(out + r * ffn + c, o);
+    store_t<V>(out + r * ffn + c, o);
   }
 }
 
 // ---- gather and conversions ----
 
-template <int V>
-__global__ void gather_rows_kernel(const bf16* __restrict__ x, i64 dim, const std::int32_t* __restrict__ rows, i64 n,
-                                   bf16* __restrict__ out) {
+template <int V, class T>
+__global__ void gather_rows_kernel(const T* __restrict__ x, i64 dim, const std::int32_t* __restrict__ rows,
+                                   i64 n, T* __restrict__ out) {
   const i64 vpr = dim / V;
   const i64 total = n * vpr;
   for (i64 t = global_thread(); t < total; t += global_stride()) {
     const i64 i = t / vpr;
     const i64 c = (t - i * vpr) * V;
     const std::int32_t src_row = rows[i];
-    bf16* dst = out + i * dim + c;
+    T* dst = out + i * dim + c;
     if (src_row < 0) {
 #pragma unroll
-      for (int e = 0; e < V; ++e) dst[e] = __float2bfloat16_rn(0.0f);
+      for (int e = 0; e < V; ++e) dst[e] = from_float<T>(0.0f);
       continue;
     }
-    const bf16* src = x + static_cast<i64>(src_row) * dim + c;
+    const T* src = x + static_cast<i64>(src_row) * dim + c;
     if constexpr (V == 8) {
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
     } else {
@@ -315,26 +316,26 @@ __global__ void gather_rows_kernel(const bf16* __restrict__ x, i64 dim, const st
 }
 
 // Elements [0, n/V*V) in vectors of V, the tail one by one.
-template <int V>
-__global__ void f32_to_bf16_kernel(const float* __restrict__ x, i64 n, bf16* __restrict__ y) {
+template <int V, class T>
+__global__ void from_f32_kernel(const float* __restrict__ x, i64 n, T* __restrict__ y) {
   const i64 nv = n / V;
   for (i64 t = global_thread(); t < nv; t += global_stride()) {
     float f[V];
     load_f32<V>(x + t * V, f);
-    store_bf16<V>(y + t * V, f);
+    store_t<V>(y + t * V, f);
   }
-  for (i64 i = nv * V + global_thread(); i < n; i += global_stride()) y[i] = __float2bfloat16_rn(x[i]);
+  for (i64 i = nv * V + global_thread(); i < n; i += global_stride()) y[i] = from_float<T>(x[i]);
 }
 
-template <int V>
-__global__ void bf16_to_f32_kernel(const bf16* __restrict__ x, i64 n, float* __restrict__ y) {
+template <int V, class T>
+__global__ void to_f32_kernel(const T* __restrict__ x, i64 n, float* __restrict__ y) {
   const i64 nv = n / V;
   for (i64 t = global_thread(); t < nv; t += global_stride()) {
     float f[V];
-    load_bf16<V>(x + t * V, f);
+    load_t<V>(x + t * V, f);
     store_f32<V>(y + t * V, f);
   }
-  for (i64 i = nv * V + global_thread(); i < n; i += global_stride()) y[i] = __bfloat162float(x[i]);
+  for (i64 i = nv * V + global_thread(); i < n; i += global_stride()) y[i] = to_float(x[i]);
 }
 
 }  // namespace
@@ -356,8 +357,8 @@ void require(bool cond, const char* op, const std::string& what) {
   if (!cond) throw Error(ErrorCode::kInvalidArgument, std::string(op) + ": " + what);
 }
 
-template <class OutT>
-void launch_rms_norm(const char* name, float* x, const float* residual, const bf16* weight, i64 rows, i64 dim,
+template <class T, class OutT>
+void launch_rms_norm(const char* name, float* x, const float* residual, const T* weight, i64 rows, i64 dim,
                      float eps, OutT* y, cudaStream_t stream) {
   require(rows >= 0 && dim > 0, name, "need rows >= 0 and dim > 0, got rows " + std::to_string(rows) + ", dim " +
                                           std::to_string(dim));
@@ -372,18 +373,21 @@ void launch_rms_norm(const char* name, float* x, const float* residual, const bf
   };
   const auto grid = static_cast<unsigned>(rows);
   if (vec && dim / 8 <= 4 * 1024) {
-    rms_norm_kernel<8, 4, OutT><<<grid, threads_for(dim / 8, 4), 0, stream>>>(x, residual, weight, dim, eps, y);
+    rms_norm_kernel<8, 4, T, OutT>
+        <<<grid, threads_for(dim / 8, 4), 0, stream>>>(x, residual, weight, dim, eps, y);
   } else if (dim <= 16 * 1024) {
-    rms_norm_kernel<1, 16, OutT><<<grid, threads_for(dim, 16), 0, stream>>>(x, residual, weight, dim, eps, y);
+    rms_norm_kernel<1, 16, T, OutT>
+        <<<grid, threads_for(dim, 16), 0, stream>>>(x, residual, weight, dim, eps, y);
   } else {
-    rms_norm_generic_kernel<OutT><<<grid, 1024, 0, stream>>>(x, residual, weight, dim, eps, y);
+    rms_norm_generic_kernel<T, OutT><<<grid, 1024, 0, stream>>>(x, residual, weight, dim, eps, y);
   }
   check_launch(name);
 }
 
 }  // namespace
 
-void embed(const bf16* table, std::int64_t vocab, std::int64_t dim, const std::int32_t* ids, std::int64_t n,
+template <class T>
+void embed(const T* table, std::int64_t vocab, std::int64_t dim, const std::int32_t* ids, std::int64_t n,
            float* out, int* bad_id_flag, cudaStream_t stream) {
   require(vocab >= 0 && dim >= 0 && n >= 0, "embed", "negative size");
   if (n == 0 || dim == 0) return;
@@ -396,19 +400,22 @@ void embed(const bf16* table, std::int64_t vocab, std::int64_t dim, const std::i
   check_launch("embed");
 }
 
-void add_rms_norm(float* x, const float* residual, const bf16* weight, std::int64_t rows, std::int64_t dim, float eps,
-                  bf16* y, cudaStream_t stream) {
+template <class T>
+void add_rms_norm(float* x, const float* residual, const T* weight, std::int64_t rows, std::int64_t dim,
+                  float eps, T* y, cudaStream_t stream) {
   launch_rms_norm("add_rms_norm", x, residual, weight, rows, dim, eps, y, stream);
 }
 
-void rms_norm_f32(float* x, const float* residual, const bf16* weight, std::int64_t rows, std::int64_t dim, float eps,
-                  float* y, cudaStream_t stream) {
+template <class T>
+void rms_norm_f32(float* x, const float* residual, const T* weight, std::int64_t rows, std::int64_t dim,
+                  float eps, float* y, cudaStream_t stream) {
   launch_rms_norm("rms_norm_f32", x, residual, weight, rows, dim, eps, y, stream);
 }
 
+template <class T>
 void rope_write_kv(const float* qkv, std::int64_t rows, int n_heads, int n_kv_heads, int head_dim,
-                   const std::int32_t* positions, const float* inv_freq, const std::int64_t* slots, bf16* q_out,
-                   bf16* k_cache, bf16* v_cache, int block_size, cudaStream_t stream) {
+                   const std::int32_t* positions, const float* inv_freq, const std::int64_t* slots, T* q_out,
+                   T* k_cache, T* v_cache, int block_size, cudaStream_t stream) {
   require(rows >= 0 && n_heads > 0 && n_kv_heads > 0 && block_size > 0, "rope_write_kv",
           "need rows >= 0 and positive n_heads, n_kv_heads and block_size");
   require(head_dim > 0 && head_dim % 2 == 0 && head_dim / 2 <= kMaxHalfHeadDim, "rope_write_kv",
@@ -435,7 +442,8 @@ void rope_write_kv(const float* qkv, std::int64_t rows, int n_heads, int n_kv_he
   check_launch("rope_write_kv");
 }
 
-void swiglu(const float* gate_up, std::int64_t rows, std::int64_t ffn, bf16* out, cudaStream_t stream) {
+template <class T>
+void swiglu(const float* gate_up, std::int64_t rows, std::int64_t ffn, T* out, cudaStream_t stream) {
   require(rows >= 0 && ffn >= 0, "swiglu", "negative size");
   if (rows == 0 || ffn == 0) return;
   require(gate_up != nullptr && out != nullptr, "swiglu", "null pointer");
@@ -447,7 +455,8 @@ void swiglu(const float* gate_up, std::int64_t rows, std::int64_t ffn, bf16* out
   check_launch("swiglu");
 }
 
-void gather_rows(const bf16* x, std::int64_t dim, const std::int32_t* rows, std::int64_t n, bf16* out,
+template <class T>
+void gather_rows(const T* x, std::int64_t dim, const std::int32_t* rows, std::int64_t n, T* out,
                  cudaStream_t stream) {
   require(dim >= 0 && n >= 0, "gather_rows", "negative size");
   if (n == 0 || dim == 0) return;
@@ -460,28 +469,47 @@ void gather_rows(const bf16* x, std::int64_t dim, const std::int32_t* rows, std:
   check_launch("gather_rows");
 }
 
-void f32_to_bf16(const float* x, std::int64_t n, bf16* y, cudaStream_t stream) {
-  require(n >= 0, "f32_to_bf16", "negative size");
+template <class T>
+void convert(const float* x, std::int64_t n, T* y, cudaStream_t stream) {
+  require(n >= 0, "convert", "negative size");
   if (n == 0) return;
-  require(x != nullptr && y != nullptr, "f32_to_bf16", "null pointer");
+  require(x != nullptr && y != nullptr, "convert", "null pointer");
   if (aligned16(x) && aligned16(y)) {
-    f32_to_bf16_kernel<8><<<grid_for(n / 8 + 1), kThreads, 0, stream>>>(x, n, y);
+    from_f32_kernel<8><<<grid_for(n / 8 + 1), kThreads, 0, stream>>>(x, n, y);
   } else {
-    f32_to_bf16_kernel<1><<<grid_for(n), kThreads, 0, stream>>>(x, n, y);
+    from_f32_kernel<1><<<grid_for(n), kThreads, 0, stream>>>(x, n, y);
   }
-  check_launch("f32_to_bf16");
+  check_launch("convert to 16-bit");
 }
 
-void bf16_to_f32(const bf16* x, std::int64_t n, float* y, cudaStream_t stream) {
-  require(n >= 0, "bf16_to_f32", "negative size");
+template <class T>
+void convert(const T* x, std::int64_t n, float* y, cudaStream_t stream) {
+  require(n >= 0, "convert", "negative size");
   if (n == 0) return;
-  require(x != nullptr && y != nullptr, "bf16_to_f32", "null pointer");
+  require(x != nullptr && y != nullptr, "convert", "null pointer");
   if (aligned16(x) && aligned16(y)) {
-    bf16_to_f32_kernel<8><<<grid_for(n / 8 + 1), kThreads, 0, stream>>>(x, n, y);
+    to_f32_kernel<8><<<grid_for(n / 8 + 1), kThreads, 0, stream>>>(x, n, y);
   } else {
-    bf16_to_f32_kernel<1><<<grid_for(n), kThreads, 0, stream>>>(x, n, y);
+    to_f32_kernel<1><<<grid_for(n), kThreads, 0, stream>>>(x, n, y);
   }
-  check_launch("bf16_to_f32");
+  check_launch("convert to fp32");
 }
+
+#define CHUNKWISE_INSTANTIATE_OPS(T)                                                                         \
+  template void embed(const T*, std::int64_t, std::int64_t, const std::int32_t*, std::int64_t, float*, int*, \
+                      cudaStream_t);                                                                         \
+  template void add_rms_norm(float*, const float*, const T*, std::int64_t, std::int64_t, float, T*,          \
+                             cudaStream_t);                                                                  \
+  template void rms_norm_f32(float*, const float*, const T*, std::int64_t, std::int64_t, float, float*,      \
+                             cudaStream_t);                                                                  \
+  template void rope_write_kv(const float*, std::int64_t, int, int, int, const std::int32_t*, const float*,  \
+                              const std::int64_t*, T*, T*, T*, int, cudaStream_t);                           \
+  template void swiglu(const float*, std::int64_t, std::int64_t, T*, cudaStream_t);                          \
+  template void gather_rows(const T*, std::int64_t, const std::int32_t*, std::int64_t, T*, cudaStream_t);    \
+  template void convert(const float*, std::int64_t, T*, cudaStream_t);                                       \
+  template void convert(const T*, std::int64_t, float*, cudaStream_t);
+CHUNKWISE_INSTANTIATE_OPS(bf16)
+CHUNKWISE_INSTANTIATE_OPS(f16)
+#undef CHUNKWISE_INSTANTIATE_OPS
 
 }  // namespace chunkwise::cuda

@@ -29,7 +29,8 @@ class Args {
 
 // Options every subcommand takes.
 inline const std::set<std::string> kCommonOptions = {
-    "model", "device", "threads", "block-size", "kv-mb", "kv-blocks", "prefix-cache", "host-cache-blocks",
-    "preemption", "swap-blocks"};
+    "model",      "device",      "threads",      "block-size",
+    "kv-mb",      "kv-blocks",   "prefix-cache", "host-cache-blocks",
+    "preemption", "swap-blocks", "precision"};
 
 }  // namespace chunkwise::cli

@@ -19,8 +19,9 @@ int cmd_make_model(const std::vector<std::string>& argv);
 // --model (default: the fetched model), --device, --threads: shared by every subcommand.
 std::shared_ptr<const Model> load_model_from_args(const Args& args);
 SessionConfig session_config_from_args(const Args& args);
-// --device cpu|cuda|cuda:N; throws kUnsupported for cuda in a build without it, kBackend when
-// the device is not there.
+// --device cpu|cuda|cuda:N and --precision bf16|fp16 (the CUDA storage type); throws kUnsupported
+// for cuda in a build without it, kBackend when the device is not there, kInvalidArgument for fp16
+// on the CPU.
 std::shared_ptr<const BackendProvider> backend_from_args(const Args& args);
 
 }  // namespace chunkwise::cli

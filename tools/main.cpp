@@ -33,6 +33,8 @@ commands:
 common options:
   --model PATH        GGUF file or safetensors folder (default: the model fetched by scripts/setup)
   --device cpu|cuda[:N]  backend (default cpu)
+  --precision bf16|fp16  CUDA storage type of weights, KV cache and GEMM inputs (default bf16;
+                      fp32 accumulation either way; the CPU computes in fp32 and takes only bf16)
   --threads N         CPU threads (default: all cores)
   --block-size N      KV block size in tokens (default 16)
   --kv-mb N           KV cache budget in MiB (default 1024)
@@ -46,7 +48,14 @@ common options:
 
 std::shared_ptr<const BackendProvider> backend_from_args(const Args& args) {
   const std::string device = args.str("device", "cpu");
-  if (device == "cpu") return cpu_backend_provider();
+  const std::string precision = args.str("precision", "bf16");
+  check(precision == "bf16" || precision == "fp16", ErrorCode::kInvalidArgument,
+        "--precision must be bf16 or fp16, got '" + precision + "'");
+  if (device == "cpu") {
+    check(precision == "bf16", ErrorCode::kInvalidArgument,
+          "--precision " + precision + " needs --device cuda: the CPU backend computes in fp32");
+    return cpu_backend_provider();
+  }
   check(device.rfind("cuda", 0) == 0, ErrorCode::kInvalidArgument,
         "--device must be cpu, cuda or cuda:N, got '" + device + "'");
 #ifdef CHUNKWISE_HAS_CUDA
@@ -60,7 +69,7 @@ std::shared_ptr<const BackendProvider> backend_from_args(const Args& args) {
   const int visible = cuda::device_count();
   check(index < visible, ErrorCode::kBackend,
         "--device " + device + ": " + std::to_string(visible) + " CUDA device(s) visible");
-  return cuda::backend_provider(index);
+  return cuda::backend_provider(index, precision == "fp16" ? cuda::DType::kF16 : cuda::DType::kBF16);
 #else
   throw Error(ErrorCode::kUnsupported, "--device " + device + ": this build has no CUDA backend; use --device cpu");
 #endif

@@ -1,7 +1,7 @@
 // The default model on the GPU against the CPU reference: next-token argmax agreement under
-// teacher forcing on 2,000 positions of natural text (≥ 99%), with the KL divergence reported;
-// chunked prefill over cached KV equals one pass; KV blocks survive save/load; the Engine runs a
-// workload on the GPU to completion.
+// teacher forcing on 2,000 positions of natural text, with the KL divergence, for both storage
+// types; chunked prefill over cached KV equals one pass; KV blocks survive save/load; the Engine
+// runs a workload on the GPU to completion.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include "catch.hpp"
@@ -82,16 +83,23 @@ TEST_CASE("Default model on the GPU agrees with the CPU backend under teacher fo
   CHUNKWISE_REQUIRE_MODEL(model);
   const std::vector<TokenId> ids = natural_text(*model, 2000);
   const std::vector<float> cpu_logits = prompt_logits(model, ids, 16);
-  const auto gpu = cuda::backend_provider(0);
-  for (const int block_size : {16, 1, 128}) {
-    const std::vector<float> gpu_logits = prompt_logits(model, ids, block_size, gpu.get());
-    REQUIRE(gpu_logits.size() == cpu_logits.size());
-    REQUIRE(std::none_of(gpu_logits.begin(), gpu_logits.end(), [](float x) { return std::isnan(x); }));
-    const Agreement a = compare(cpu_logits, gpu_logits, model->config().vocab);
-    std::printf("teacher forcing, 2000 positions, block size %d: top-1 agreement %.4f, KL mean %.5f max %.4f\n",
-                block_size, a.top1, a.mean_kl, a.max_kl);
-    CHECK(a.top1 >= 0.99);
-    CHECK(a.mean_kl < 0.01);
+  for (const cuda::DType dtype : {cuda::DType::kBF16, cuda::DType::kF16}) {
+    // bf16 storage is the limit, not the kernels: rounding the weights, GEMM inputs, q/k/v, the KV
+    // cache and the LM head input to bf16 in the CPU reference gives 98.6% / KL 2.4e-4 there; to
+    // fp16 at the same points, 99.9% / KL 7e-6.
+    const bool is_bf16 = dtype == cuda::DType::kBF16;
+    const auto gpu = cuda::backend_provider(0, dtype);
+    for (const int block_size : {16, 1, 128}) {
+      const std::vector<float> gpu_logits = prompt_logits(model, ids, block_size, gpu.get());
+      REQUIRE(gpu_logits.size() == cpu_logits.size());
+      REQUIRE(std::none_of(gpu_logits.begin(), gpu_logits.end(), [](float x) { return std::isnan(x); }));
+      const Agreement a = compare(cpu_logits, gpu_logits, model->config().vocab);
+      std::printf(
+          "teacher forcing, 2000 positions, %s, block size %d: top-1 agreement %.4f, KL mean %.5f max %.4f\n",
+          std::string(cuda::to_string(dtype)).c_str(), block_size, a.top1, a.mean_kl, a.max_kl);
+      CHECK(a.top1 >= (is_bf16 ? 0.98 : 0.99));
+      CHECK(a.mean_kl < (is_bf16 ? 1e-3 : 0.01));
+    }
   }
 }
 
@@ -187,13 +195,16 @@ TEST_CASE("Engine runs a workload on the GPU and its first tokens match the CPU"
     return out;
   };
   const auto cpu = run(nullptr);
-  const auto gpu = run(cuda::backend_provider(0));
-  REQUIRE(gpu.size() == 12);
-  int first_same = 0;
-  for (const auto& [label, tokens] : gpu) {
-    REQUIRE(!tokens.empty());
-    first_same += tokens.front() == cpu.at(label).front() ? 1 : 0;
+  for (const cuda::DType dtype : {cuda::DType::kBF16, cuda::DType::kF16}) {
+    const auto gpu = run(cuda::backend_provider(0, dtype));
+    REQUIRE(gpu.size() == 12);
+    int first_same = 0;
+    for (const auto& [label, tokens] : gpu) {
+      REQUIRE(!tokens.empty());
+      first_same += tokens.front() == cpu.at(label).front() ? 1 : 0;
+    }
+    std::printf("Engine on the GPU, %s: %d of 12 first tokens equal the CPU's\n",
+                std::string(cuda::to_string(dtype)).c_str(), first_same);
+    CHECK(first_same >= 11);
   }
-  std::printf("Engine on the GPU: %d of 12 first tokens equal the CPU's\n", first_same);
-  CHECK(first_same >= 11);
 }

@@ -1,9 +1,11 @@
 // The element-wise and sampling kernels (chunkwise/cuda/ops.hpp) against the CPU reference ops
 // (chunkwise/backend/cpu/ops.hpp) and the host sampler (chunkwise::sample): random normal inputs,
 // several shapes (row lengths that are and are not multiples of 8), outputs poisoned with NaN bytes
-// before every launch. bf16 outputs pass at a relative L2 error below 1e-2, fp32 ones below 1e-5,
-// copies exactly; greedy sampling exactly, sampled rows as documented in ops.hpp.
+// before every launch, every storage op for both storage types. 16-bit outputs pass at a relative
+// L2 error below 1e-2 (bf16) or 2e-3 (fp16), fp32 ones below 1e-5, copies exactly; greedy sampling
+// exactly, sampled rows as documented in ops.hpp.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "catch.hpp"
@@ -32,6 +35,7 @@ namespace {
 namespace cu = chunkwise::cuda;
 using cu::bf16;
 using cu::DeviceBuffer;
+using cu::f16;
 using i64 = std::int64_t;
 
 // ---- device buffers ----
@@ -50,7 +54,7 @@ std::vector<T> download(const T* d, std::size_t n) {
   return h;
 }
 
-// Fills with 0xff bytes: NaN for fp32 and bf16, -1 for integers.
+// Fills with 0xff bytes: NaN for fp32, bf16 and fp16, -1 for integers.
 template <class T>
 DeviceBuffer<T> poisoned(std::size_t n) {
   DeviceBuffer<T> d(std::max<std::size_t>(n, 1));
@@ -75,17 +79,25 @@ std::vector<float> normal(std::mt19937& rng, std::size_t n, float mean = 0.0f, f
   return v;
 }
 
-std::vector<bf16> to_bf16(const std::vector<float>& v) {
-  std::vector<bf16> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16_rn(v[i]);
+// Rounded to the storage type T (bf16 or f16; to nearest even) and back (exact).
+template <class T>
+std::vector<T> to_storage(const std::vector<float>& v) {
+  std::vector<T> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = T(v[i]);
   return out;
 }
 
-std::vector<float> to_f32(const std::vector<bf16>& v) {
+template <class T>
+std::vector<float> to_f32(const std::vector<T>& v) {
   std::vector<float> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<float>(v[i]);
   return out;
 }
+
+// Relative L2 bound for outputs rounded once to T: a few times the error of that rounding (unit
+// roundoff 2^-8 for bf16, 2^-11 for fp16).
+template <class T>
+constexpr double kStorageTol = std::is_same_v<T, bf16> ? 1e-2 : 2e-3;
 
 // ---- comparison ----
 
@@ -159,12 +171,13 @@ std::string shape(std::initializer_list<std::pair<const char*, i64>> dims) {
 
 }  // namespace
 
-TEST_CASE("cuda::embed copies table rows exactly and flags bad ids", "[cuda][ops]") {
+TEMPLATE_TEST_CASE("cuda::embed copies table rows exactly and flags bad ids", "[cuda][ops]", bf16, f16) {
+  using T = TestType;
   std::mt19937 rng(101);
   for (const auto& [vocab, dim, n] :
        {std::tuple<i64, i64, i64>{1000, 576, 37}, {500, 100, 13}, {257, 4096, 9}, {64, 7, 5}}) {
     const std::string what = "embed " + shape({{"vocab", vocab}, {"dim", dim}, {"n", n}});
-    const std::vector<bf16> table = to_bf16(normal(rng, static_cast<std::size_t>(vocab * dim)));
+    const std::vector<T> table = to_storage<T>(normal(rng, static_cast<std::size_t>(vocab * dim)));
     std::vector<std::int32_t> ids(static_cast<std::size_t>(n));
     std::uniform_int_distribution<std::int32_t> pick(0, static_cast<std::int32_t>(vocab - 1));
     for (auto& id : ids) id = pick(rng);
@@ -185,7 +198,7 @@ TEST_CASE("cuda::embed copies table rows exactly and flags bad ids", "[cuda][ops
 
   // Device-side guard: out-of-range ids give zero rows and set the flag; the others are copied.
   const i64 vocab = 300, dim = 576;
-  const std::vector<bf16> table = to_bf16(normal(rng, static_cast<std::size_t>(vocab * dim)));
+  const std::vector<T> table = to_storage<T>(normal(rng, static_cast<std::size_t>(vocab * dim)));
   const std::vector<std::int32_t> ids{3, -1, static_cast<std::int32_t>(vocab), 299, std::numeric_limits<std::int32_t>::min()};
   const auto n = static_cast<i64>(ids.size());
   const auto d_table = upload(table);
@@ -203,7 +216,9 @@ TEST_CASE("cuda::embed copies table rows exactly and flags bad ids", "[cuda][ops
   check_equal(out, ref, "embed with ids {3, -1, vocab, 299, INT_MIN}");
 }
 
-TEST_CASE("cuda::add_rms_norm and rms_norm_f32 match cpu::rms_norm after the residual add", "[cuda][ops]") {
+TEMPLATE_TEST_CASE("cuda::add_rms_norm and rms_norm_f32 match cpu::rms_norm after the residual add",
+                   "[cuda][ops]", bf16, f16) {
+  using T = TestType;
   std::mt19937 rng(202);
   const float eps = 1e-5f;
   for (const auto& [rows, dim] : {std::pair<i64, i64>{7, 576}, {5, 100}, {3, 4096}, {2, 20000}, {2, 17001}, {4, 8},
@@ -213,7 +228,7 @@ TEST_CASE("cuda::add_rms_norm and rms_norm_f32 match cpu::rms_norm after the res
       const auto size = static_cast<std::size_t>(rows * dim);
       const std::vector<float> x = normal(rng, size, 0.0f, 3.0f);
       const std::vector<float> residual = normal(rng, size);
-      const std::vector<bf16> weight = to_bf16(normal(rng, static_cast<std::size_t>(dim), 1.0f, 0.5f));
+      const std::vector<T> weight = to_storage<T>(normal(rng, static_cast<std::size_t>(dim), 1.0f, 0.5f));
       std::vector<float> x_ref = x;
       if (with_residual)
         for (std::size_t i = 0; i < size; ++i) x_ref[i] += residual[i];
@@ -225,11 +240,11 @@ TEST_CASE("cuda::add_rms_norm and rms_norm_f32 match cpu::rms_norm after the res
       const float* res = with_residual ? d_res.get() : nullptr;
       {
         auto d_x = upload(x);
-        auto d_y = poisoned<bf16>(size);
+        auto d_y = poisoned<T>(size);
         cu::add_rms_norm(d_x.get(), res, d_w.get(), rows, dim, eps, d_y.get(), nullptr);
         sync("add_rms_norm");
         check_equal(download(d_x.get(), size), x_ref, what + " (x after the residual add)");
-        check_close(to_f32(download(d_y.get(), size)), y_ref, 1e-2, what + " (bf16 y)");
+        check_close(to_f32(download(d_y.get(), size)), y_ref, kStorageTol<T>, what + " (16-bit y)");
       }
       {
         auto d_x = upload(x);
@@ -243,7 +258,8 @@ TEST_CASE("cuda::add_rms_norm and rms_norm_f32 match cpu::rms_norm after the res
   }
 }
 
-TEST_CASE("cuda::rope_write_kv matches cpu::rope and cpu::write_kv", "[cuda][ops]") {
+TEMPLATE_TEST_CASE("cuda::rope_write_kv matches cpu::rope and cpu::write_kv", "[cuda][ops]", bf16, f16) {
+  using T = TestType;
   std::mt19937 rng(303);
   struct Config {
     int n_heads, n_kv_heads, head_dim;
@@ -301,29 +317,29 @@ TEST_CASE("cuda::rope_write_kv matches cpu::rope and cpu::write_kv", "[cuda][ops
       const auto d_pos = upload(positions);
       const auto d_inv = upload(inv_freq);
       const auto d_slots = upload(slots);
-      auto d_q = poisoned<bf16>(q.size());
-      auto d_k = poisoned<bf16>(cache_size);
-      auto d_v = poisoned<bf16>(cache_size);
+      auto d_q = poisoned<T>(q.size());
+      auto d_k = poisoned<T>(cache_size);
+      auto d_v = poisoned<T>(cache_size);
       cu::rope_write_kv(d_qkv.get(), rows, c.n_heads, c.n_kv_heads, c.head_dim, d_pos.get(), d_inv.get(),
                         d_slots.get(), d_q.get(), d_k.get(), d_v.get(), block_size, nullptr);
       sync("rope_write_kv");
-      check_close(to_f32(download(d_q.get(), q.size())), q, 1e-2, what + " (q_out)");
+      check_close(to_f32(download(d_q.get(), q.size())), q, kStorageTol<T>, what + " (q_out)");
 
       // Written slots against the reference; every other cache element still holds the poison.
       for (const auto& [name, d_cache, ref_cache] :
-           {std::tuple<const char*, const bf16*, const std::vector<float>*>{"k_cache", d_k.get(), &k_cache},
+           {std::tuple<const char*, const T*, const std::vector<float>*>{"k_cache", d_k.get(), &k_cache},
             {"v_cache", d_v.get(), &v_cache}}) {
-        const std::vector<bf16> got = download(d_cache, cache_size);
+        const std::vector<T> got = download(d_cache, cache_size);
         std::vector<float> out_rows, ref_rows;
         std::vector<char> written(static_cast<std::size_t>(n_slots), 0);
         for (const i64 s : slots) {
           written[static_cast<std::size_t>(s)] = 1;
           for (i64 e = 0; e < kv_dim; ++e) {
-            out_rows.push_back(__bfloat162float(got[static_cast<std::size_t>(s * kv_dim + e)]));
+            out_rows.push_back(static_cast<float>(got[static_cast<std::size_t>(s * kv_dim + e)]));
             ref_rows.push_back((*ref_cache)[static_cast<std::size_t>(s * kv_dim + e)]);
           }
         }
-        check_close(out_rows, ref_rows, 1e-2, what + " (" + name + ", written slots)");
+        check_close(out_rows, ref_rows, kStorageTol<T>, what + " (" + name + ", written slots)");
         std::size_t touched = 0;
         for (i64 s = 0; s < n_slots; ++s) {
           if (written[static_cast<std::size_t>(s)]) continue;
@@ -340,7 +356,8 @@ TEST_CASE("cuda::rope_write_kv matches cpu::rope and cpu::write_kv", "[cuda][ops
   }
 }
 
-TEST_CASE("cuda::swiglu matches cpu::swiglu on fused gate|up rows", "[cuda][ops]") {
+TEMPLATE_TEST_CASE("cuda::swiglu matches cpu::swiglu on fused gate|up rows", "[cuda][ops]", bf16, f16) {
+  using T = TestType;
   std::mt19937 rng(404);
   for (const auto& [rows, ffn] : {std::pair<i64, i64>{5, 1536}, {3, 100}, {2, 14336}, {4, 1003}, {1, 8}}) {
     const std::string what = "swiglu " + shape({{"rows", rows}, {"ffn", ffn}});
@@ -350,23 +367,24 @@ TEST_CASE("cuda::swiglu matches cpu::swiglu on fused gate|up rows", "[cuda][ops]
       chunkwise::cpu::swiglu(gate_up.data() + r * 2 * ffn, gate_up.data() + r * 2 * ffn + ffn, ffn,
                              ref.data() + r * ffn);
     const auto d_in = upload(gate_up);
-    auto d_out = poisoned<bf16>(ref.size());
+    auto d_out = poisoned<T>(ref.size());
     cu::swiglu(d_in.get(), rows, ffn, d_out.get(), nullptr);
     sync("swiglu");
-    check_close(to_f32(download(d_out.get(), ref.size())), ref, 1e-2, what);
+    check_close(to_f32(download(d_out.get(), ref.size())), ref, kStorageTol<T>, what);
   }
 }
 
-TEST_CASE("cuda::gather_rows and the conversions copy exactly", "[cuda][ops]") {
+TEMPLATE_TEST_CASE("cuda::gather_rows and the conversions copy exactly", "[cuda][ops]", bf16, f16) {
+  using T = TestType;
   std::mt19937 rng(505);
   for (const i64 dim : {i64{576}, i64{100}, i64{4096}}) {
     const i64 n_src = 20;
-    const std::vector<bf16> x = to_bf16(normal(rng, static_cast<std::size_t>(n_src * dim)));
+    const std::vector<T> x = to_storage<T>(normal(rng, static_cast<std::size_t>(n_src * dim)));
     const std::vector<std::int32_t> rows{3, 0, 19, 3, 7};
     const auto n = static_cast<i64>(rows.size());
     const auto d_x = upload(x);
     const auto d_rows = upload(rows);
-    auto d_out = poisoned<bf16>(static_cast<std::size_t>(n * dim));
+    auto d_out = poisoned<T>(static_cast<std::size_t>(n * dim));
     cu::gather_rows(d_x.get(), dim, d_rows.get(), n, d_out.get(), nullptr);
     sync("gather_rows");
     const std::vector<float> xf = to_f32(x);
@@ -377,32 +395,33 @@ TEST_CASE("cuda::gather_rows and the conversions copy exactly", "[cuda][ops]") {
 
   const i64 n = 1000003;
   std::vector<float> x = normal(rng, static_cast<std::size_t>(n), 0.0f, 100.0f);
-  x[0] = 1.0f + 0x1p-8f;  // a tie: rounds to even
-  x[1] = 3.0e38f;
-  x[2] = -1e-40f;  // subnormal
+  x[0] = 1.0f + 0x1p-8f;   // a tie in bf16: rounds to even
+  x[1] = 1.0f + 0x1p-11f;  // a tie in fp16
+  x[2] = 3.0e38f;          // fp16: overflows to inf
+  x[3] = -1e-40f;          // subnormal
   const auto d_x = upload(x);
-  const std::vector<bf16> expect_bf = to_bf16(x);
+  const std::vector<T> expect = to_storage<T>(x);
   // offset 0: the vector path; offset 1: unaligned pointers, the scalar path.
   for (const i64 off : {i64{0}, i64{1}}) {
     const std::string what = "n=" + std::to_string(n - off) + " offset=" + std::to_string(off);
-    auto d_bf = poisoned<bf16>(static_cast<std::size_t>(n));
-    cu::f32_to_bf16(d_x.get() + off, n - off, d_bf.get() + off, nullptr);
-    sync("f32_to_bf16");
-    const std::vector<bf16> got = download(d_bf.get(), static_cast<std::size_t>(n));
+    auto d_h = poisoned<T>(static_cast<std::size_t>(n));
+    cu::convert(d_x.get() + off, n - off, d_h.get() + off, nullptr);
+    sync("convert to 16-bit");
+    const std::vector<T> got = download(d_h.get(), static_cast<std::size_t>(n));
     std::size_t n_diff = 0, first = 0;
     for (auto i = static_cast<std::size_t>(off); i < got.size(); ++i)
-      if (std::memcmp(&got[i], &expect_bf[i], sizeof(bf16)) != 0 && n_diff++ == 0) first = i;
-    INFO("f32_to_bf16 " << what << ": " << n_diff << " differ, first at " << first);
+      if (std::memcmp(&got[i], &expect[i], sizeof(T)) != 0 && n_diff++ == 0) first = i;
+    INFO("convert to 16-bit " << what << ": " << n_diff << " differ, first at " << first);
     CHECK(n_diff == 0);
 
     auto d_f = poisoned<float>(static_cast<std::size_t>(n));
-    cu::bf16_to_f32(d_bf.get() + off, n - off, d_f.get() + off, nullptr);
-    sync("bf16_to_f32");
+    cu::convert(d_h.get() + off, n - off, d_f.get() + off, nullptr);
+    sync("convert to fp32");
     std::vector<float> back = download(d_f.get(), static_cast<std::size_t>(n));
-    std::vector<float> ref = to_f32(expect_bf);
+    std::vector<float> ref = to_f32(expect);
     back.erase(back.begin(), back.begin() + off);
     ref.erase(ref.begin(), ref.begin() + off);
-    check_equal(back, ref, "bf16_to_f32 " + what);
+    check_equal(back, ref, "convert to fp32 " + what);
   }
 }
 

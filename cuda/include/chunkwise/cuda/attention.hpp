@@ -1,6 +1,7 @@
 // Paged attention on the GPU: ragged batches mixing decode rows and prefill chunks over a paged
-// bf16 KV cache (one layer, the layout of cpu::PagedKv), causal, grouped-query, with an optional
-// block-sparse mask for prefill (METHODS.md 2.1). fp32 accumulation, online softmax, bf16 output.
+// 16-bit KV cache (bf16 or f16; one layer, the layout of cpu::PagedKv), causal, grouped-query, with
+// an optional block-sparse mask for prefill (METHODS.md 2.1). fp32 accumulation, online softmax,
+// output in the storage type.
 //
 // Two calls per step: plan() on the host reads the HOST copies of the batch metadata, decides the
 // work partition (prefill query tiles, decode rows, KV splits for few long sequences) and uploads
@@ -27,15 +28,17 @@
 namespace chunkwise::cuda {
 
 // One layer of the paged KV cache, in device memory: block b holds block_size tokens laid out
-// [block_size, n_kv_heads, head_dim] bf16 at k + b * block_stride (likewise v), with
+// [block_size, n_kv_heads, head_dim] T (bf16 or f16) at k + b * block_stride (likewise v), with
 // block_stride = block_size * n_kv_heads * head_dim.
-struct PagedKvView {
-  const bf16* k = nullptr;
-  const bf16* v = nullptr;
+template <class T>
+struct BasicPagedKvView {
+  const T* k = nullptr;
+  const T* v = nullptr;
   int block_size = 16;  // 1 .. 128
   int n_kv_heads = 0;
   int head_dim = 0;  // 64 or 128
 };
+using PagedKvView = BasicPagedKvView<bf16>;  // the default storage type
 
 // A ragged batch, CSR form, every pointer an int32 DEVICE array (the layout of cpu::AttentionBatch).
 // Sequence s owns query rows [query_start[s], query_start[s+1]) and pages
@@ -133,13 +136,15 @@ class PagedAttention {
   void plan(HostIndexSpan query_start, HostIndexSpan page_start, HostIndexSpan kv_len, HostIndexSpan q_pos,
             int n_heads, int n_kv_heads, int head_dim, int block_size, cudaStream_t stream, int sparse_tile = 0);
 
-  // out[rows, n_heads, head_dim] = softmax(q . k * scale) v for the planned batch; q and out bf16
-  // [rows, n_heads, head_dim] in device memory (out must not alias q or the cache). mask: null for
-  // dense causal attention, else a mask with tile == the plan's sparse_tile. Every element of out
-  // is written. Throws Error(kInvalidArgument) when the arguments do not match the plan (checked on
-  // the host from the views' sizes only), Error(kBackend) when a launch fails.
-  void run(const bf16* q, const PagedKvView& kv, const AttentionBatchView& batch, const BlockSparseMaskView* mask,
-           float scale, bf16* out, cudaStream_t stream);
+  // out[rows, n_heads, head_dim] = softmax(q . k * scale) v for the planned batch; q and out T
+  // [rows, n_heads, head_dim] in device memory (out must not alias q or the cache). T is the
+  // cache's type, bf16 or f16 (a plan serves either). mask: null for dense causal attention, else a
+  // mask with tile == the plan's sparse_tile. Every element of out is written. Throws
+  // Error(kInvalidArgument) when the arguments do not match the plan (checked on the host from the
+  // views' sizes only), Error(kBackend) when a launch fails.
+  template <class T>
+  void run(const T* q, const BasicPagedKvView<T>& kv, const AttentionBatchView& batch,
+           const BlockSparseMaskView* mask, float scale, T* out, cudaStream_t stream);
 
   [[nodiscard]] const AttentionPlanStats& stats() const;
   // Takes effect at the next plan().

@@ -1,9 +1,11 @@
-// Shared CUDA plumbing: error checks that throw chunkwise::Error(kBackend), the bf16 storage type,
-// and an owning device buffer. Every launcher in chunkwise::cuda takes raw device pointers with
-// explicit shapes and a stream, FlashInfer-style, so steps can be captured in CUDA graphs.
+// Shared CUDA plumbing: error checks that throw chunkwise::Error(kBackend), the 16-bit storage
+// types (bf16, fp16; chunkwise/cuda/dtype.hpp), and an owning device buffer. Every launcher in
+// chunkwise::cuda takes raw device pointers with explicit shapes and a stream, FlashInfer-style, so
+// steps can be captured in CUDA graphs.
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -11,10 +13,14 @@
 #include <utility>
 
 #include "chunkwise/core/error.hpp"
+#include "chunkwise/cuda/dtype.hpp"
 
 namespace chunkwise::cuda {
 
+// The storage element types; kernels that read or write storage are templates over them.
 using bf16 = __nv_bfloat16;
+using f16 = __half;
+static_assert(sizeof(bf16) == 2 && sizeof(f16) == 2, "16-bit storage");
 
 // Throws Error(kBackend) naming the call when a CUDA runtime call fails.
 // A failed runtime call also leaves its error in the thread's last-error slot; it is cleared here so

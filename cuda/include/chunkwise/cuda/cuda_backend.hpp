@@ -1,7 +1,8 @@
-// The CUDA backend: the Llama-family forward on one GPU. bf16 weights and KV cache, fp32
-// residual stream and accumulation; matrix products through cuBLAS, everything else in our
-// kernels (chunkwise/cuda/ops.hpp, chunkwise/cuda/attention.hpp). Satisfies the Backend contract
-// of InferenceSession, and is checked against CpuBackend (tests/cuda).
+// The CUDA backend: the Llama-family forward on one GPU. 16-bit weights and KV cache (bf16 by
+// default, fp16 where asked: chunkwise/cuda/dtype.hpp), fp32 residual stream and accumulation;
+// matrix products through cuBLAS, everything else in our kernels (chunkwise/cuda/ops.hpp,
+// chunkwise/cuda/attention.hpp). Satisfies the Backend contract of InferenceSession, and is
+// checked against CpuBackend (tests/cuda).
 #pragma once
 
 #include <cstddef>
@@ -11,16 +12,19 @@
 #include "chunkwise/backend/any_backend.hpp"
 #include "chunkwise/backend/forward_batch.hpp"
 #include "chunkwise/core/sampling.hpp"
+#include "chunkwise/cuda/dtype.hpp"
 #include "chunkwise/model/model.hpp"
 
 namespace chunkwise::cuda {
 
 class CudaBackend {
  public:
-  // Uploads the model (as bf16) to device `device` and allocates num_blocks KV blocks of
-  // block_size tokens (1 to 128) for every layer. Throws Error(kBackend) when there is no such
-  // device or its memory is short, kInvalidArgument for unsupported shapes.
-  CudaBackend(std::shared_ptr<const Model> model, int num_blocks, int block_size, int device = 0);
+  // Uploads the model (its fp32 weights rounded to dtype) to device `device` and allocates
+  // num_blocks KV blocks of block_size tokens (1 to 128) for every layer, in dtype. Throws
+  // Error(kBackend) when there is no such device or its memory is short, kInvalidArgument for
+  // unsupported shapes.
+  CudaBackend(std::shared_ptr<const Model> model, int num_blocks, int block_size, int device = 0,
+              DType dtype = DType::kBF16);
   ~CudaBackend();
   CudaBackend(CudaBackend&&) noexcept;
   CudaBackend& operator=(CudaBackend&&) noexcept;
@@ -36,8 +40,9 @@ class CudaBackend {
   [[nodiscard]] int num_blocks() const;
   [[nodiscard]] int block_size() const;
   [[nodiscard]] int device() const;
+  [[nodiscard]] DType dtype() const;
 
-  // Bytes of KV one block takes across all layers (K and V, bf16).
+  // Bytes of KV one block takes across all layers (K and V, 2 bytes an element in either dtype).
   static std::size_t kv_bytes_per_block(const ModelConfig& config, int block_size);
 
   // A saved block is kv_bytes_per_block() bytes: every layer's K block, then every layer's V block.
@@ -52,6 +57,7 @@ class CudaBackend {
 };
 
 // For InferenceSession<..., AnyBackend> / Engine: SessionConfig::backend = cuda::backend_provider(0).
-std::shared_ptr<const BackendProvider> backend_provider(int device = 0);
+// Its name() is "cuda:N", with " fp16" appended for that dtype.
+std::shared_ptr<const BackendProvider> backend_provider(int device = 0, DType dtype = DType::kBF16);
 
 }  // namespace chunkwise::cuda

@@ -3,9 +3,10 @@
 // without synchronising, so a step can be captured in a CUDA graph. Shapes are checked on the host
 // (Error(kInvalidArgument)); a bad launch throws Error(kBackend). Zero rows is a no-op.
 //
-// Storage: bf16 for weights, the KV cache and GEMM inputs; fp32 for the residual stream and GEMM
-// outputs. All arithmetic is fp32. Where the shapes allow (a row length that is a multiple of 8 and
-// 16-byte aligned pointers) rows move in 16-byte vectors; other shapes take a scalar path.
+// Storage: T (bf16 or f16, the only two instantiations) for weights, the KV cache and GEMM inputs;
+// fp32 for the residual stream and GEMM outputs. All arithmetic is fp32. Where the shapes allow (a
+// row length that is a multiple of 8 and 16-byte aligned pointers) rows move in 16-byte vectors;
+// other shapes take a scalar path.
 // Each op matches its CPU reference in chunkwise/backend/cpu/ops.hpp (tests/cuda/test_ops.cpp).
 //
 // C++17 and framework-free on purpose: this header is included by plain C++ code and by nvcc.
@@ -25,46 +26,55 @@ namespace chunkwise::cuda {
 // the flag is non-null). The kernel only ever sets the flag: clear it before the launch if you read
 // it. The host is expected to have checked the ids already (CudaBackend does); the flag catches a
 // corrupted upload without reading out of bounds.
-void embed(const bf16* table, std::int64_t vocab, std::int64_t dim, const std::int32_t* ids, std::int64_t n,
+template <class T>
+void embed(const T* table, std::int64_t vocab, std::int64_t dim, const std::int32_t* ids, std::int64_t n,
            float* out, int* bad_id_flag, cudaStream_t stream);
 
 // Fused residual add and RMSNorm over rows of x [rows, dim] (cpu::rms_norm):
 //   if residual != nullptr: x += residual (in place, fp32; residual may equal x);
-//   y = weight * (x * 1/sqrt(mean(x^2) + eps)), stored as bf16. y must not overlap x.
+//   y = weight * (x * 1/sqrt(mean(x^2) + eps)), stored as T. y must not overlap x.
 // One CTA (one warp for short rows) per row.
-void add_rms_norm(float* x, const float* residual, const bf16* weight, std::int64_t rows, std::int64_t dim,
-                  float eps, bf16* y, cudaStream_t stream);
+template <class T>
+void add_rms_norm(float* x, const float* residual, const T* weight, std::int64_t rows, std::int64_t dim,
+                  float eps, T* y, cudaStream_t stream);
 // The same with an fp32 output (y may not overlap x).
-void rms_norm_f32(float* x, const float* residual, const bf16* weight, std::int64_t rows, std::int64_t dim,
+template <class T>
+void rms_norm_f32(float* x, const float* residual, const T* weight, std::int64_t rows, std::int64_t dim,
                   float eps, float* y, cudaStream_t stream);
 
 // RoPE and the KV-cache write of one layer (cpu::rope on q and k, then cpu::write_kv).
 // qkv rows [rows, (n_heads + 2*n_kv_heads) * head_dim] fp32 are [q | k | v], the output of one fused
 // QKV GEMM. Rotate-half RoPE (HF convention: pairs (i, i + head_dim/2), angle = positions[r] *
 // inv_freq[i] as one fp32 product, cos/sin in fp32) is applied to q and k.
-//   q_out   [rows, n_heads, head_dim] bf16
-//   k_cache, v_cache: this layer's cache [num_blocks, block_size, n_kv_heads, head_dim] bf16; row r
+//   q_out   [rows, n_heads, head_dim] T
+//   k_cache, v_cache: this layer's cache [num_blocks, block_size, n_kv_heads, head_dim] T; row r
 //   goes to slot = block * block_size + offset = slots[r], i.e. element
 //   slot * n_kv_heads * head_dim + head * head_dim + i. A negative slot skips the K/V write of that
 //   row (device-side guard; the host validates slots).
 // inv_freq: device array of head_dim/2 floats (cpu::rope_inv_freq). head_dim must be even and at
 // most 512; block_size only has to be positive (the address depends on the slot alone).
+template <class T>
 void rope_write_kv(const float* qkv, std::int64_t rows, int n_heads, int n_kv_heads, int head_dim,
-                   const std::int32_t* positions, const float* inv_freq, const std::int64_t* slots, bf16* q_out,
-                   bf16* k_cache, bf16* v_cache, int block_size, cudaStream_t stream);
+                   const std::int32_t* positions, const float* inv_freq, const std::int64_t* slots, T* q_out,
+                   T* k_cache, T* v_cache, int block_size, cudaStream_t stream);
 
-// out[r, i] = silu(gate[r, i]) * up[r, i] as bf16 (cpu::swiglu), where gate_up rows
+// out[r, i] = silu(gate[r, i]) * up[r, i] as T (cpu::swiglu), where gate_up rows
 // [rows, 2*ffn] fp32 are [gate | up] (one fused gate/up GEMM). out is [rows, ffn].
-void swiglu(const float* gate_up, std::int64_t rows, std::int64_t ffn, bf16* out, cudaStream_t stream);
+template <class T>
+void swiglu(const float* gate_up, std::int64_t rows, std::int64_t ffn, T* out, cudaStream_t stream);
 
 // out[i, :] = x[rows[i], :] for the n rows whose logits are wanted; x and out have dim columns.
 // The row indices must be valid rows of x (a negative one writes zeros).
-void gather_rows(const bf16* x, std::int64_t dim, const std::int32_t* rows, std::int64_t n, bf16* out,
+template <class T>
+void gather_rows(const T* x, std::int64_t dim, const std::int32_t* rows, std::int64_t n, T* out,
                  cudaStream_t stream);
 
-// Conversions of n contiguous elements (round to nearest even; bf16 -> fp32 is exact).
-void f32_to_bf16(const float* x, std::int64_t n, bf16* y, cudaStream_t stream);
-void bf16_to_f32(const bf16* x, std::int64_t n, float* y, cudaStream_t stream);
+// Conversions of n contiguous elements: fp32 -> T rounds to nearest even (fp16 overflows to inf);
+// T -> fp32 is exact.
+template <class T>
+void convert(const float* x, std::int64_t n, T* y, cudaStream_t stream);
+template <class T>
+void convert(const T* x, std::int64_t n, float* y, cudaStream_t stream);
 
 // ---- sampling ---------------------------------------------------------------------------------
 
