@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <string>
 
+#include "chunkwise/core/detail/counter_rng.hpp"
 #include "chunkwise/core/error.hpp"
 #include "chunkwise/cuda/common.hpp"
 #include "chunkwise/cuda/ops.hpp"
@@ -35,15 +36,6 @@ constexpr int kSampleWarps = kSampleThreads / 32;
 constexpr int kBinBits = 11;
 constexpr int kBins = 1 << kBinBits;
 constexpr int kTile = 4 * kSampleThreads;  // elements per tile of the final id-order scan
-
-// ---- the host's random draw (src/core/sampling.cpp) ----
-
-__device__ __forceinline__ u64 splitmix64(u64 x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 
 // ---- glibc's expf, step by step ----
 // sysdeps/ieee754/flt-32/e_expf.c (glibc >= 2.27) as built for x86-64 with FMA (the ifunc variant
@@ -506,7 +498,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   // u = uniform(seed, step) * mass, uniform = (bits >> 11) * 2^-53. The token is the first kept
   // candidate in id order whose inclusive cumulative weight exceeds u; with integer cumulative
   // weights, cum > u  <=>  cum > floor(u).
-  const u64 bits = splitmix64(p.seed ^ splitmix64(p.step));
+  const u64 bits = chunkwise::detail::sample_bits(p.seed, p.step);  // the host's draw
   const U128 u = mul_shift(mass, bits >> 11, 53, false);
   U128 carry{0, 0};
   for (int base = 0; base < vocab; base += kTile) {

@@ -9,24 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "chunkwise/core/detail/counter_rng.hpp"
 #include "chunkwise/core/error.hpp"
 
 namespace chunkwise {
 namespace {
-
-constexpr std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-// Uniform in [0, 1), a pure function of (seed, step): no generator state to carry between steps, so
-// a request draws the same numbers whichever batch or process it runs in.
-double uniform(std::uint64_t seed, std::uint64_t step) {
-  const std::uint64_t bits = splitmix64(seed ^ splitmix64(step));
-  return static_cast<double>(bits >> 11) * 0x1.0p-53;
-}
 
 // NaN never wins (every comparison with it is false); ties go to the lowest index.
 TokenId argmax(const float* logits, int vocab) {
@@ -139,7 +126,7 @@ TokenId sample(const float* logits, int vocab, const SamplingParams& params, std
     std::sort(pick.begin(), pick.end(), [](const Candidate& a, const Candidate& b) { return a.id < b.id; });
   double mass = 0.0;
   for (const Candidate& c : pick) mass += c.weight;
-  const double u = uniform(params.seed, step) * mass;
+  const double u = detail::sample_uniform(params.seed, step) * mass;
   double cum = 0.0;
   for (const Candidate& c : pick) {
     cum += c.weight;

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "chunkwise/core/detail/counter_rng.hpp"
 #include "chunkwise/backend/cpu/ops.hpp"
 #include "chunkwise/core/sampling.hpp"
 #include "chunkwise/cuda/common.hpp"
@@ -429,17 +430,6 @@ TEMPLATE_TEST_CASE("cuda::gather_rows and the conversions copy exactly", "[cuda]
 
 namespace {
 
-constexpr std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-// The host sampler's uniform(seed, step) (src/core/sampling.cpp).
-double uniform(std::uint64_t seed, std::uint64_t step) {
-  return static_cast<double>(splitmix64(seed ^ splitmix64(step)) >> 11) * 0x1.0p-53;
-}
-
 bool greedy(const cu::DeviceSampleRow& p) { return p.temperature == 0.0f || p.top_k == 1; }
 
 // An independent, simple statement of the host sampler's kept set, with the weights in long
@@ -578,7 +568,7 @@ SampleStats run_sampling(int vocab, int rows, std::uint32_t seed) {
       return it != cdf.ids.end() && *it == id ? static_cast<std::ptrdiff_t>(it - cdf.ids.begin()) : -1;
     };
     const std::ptrdiff_t ph = pos(host), pd = pos(dev);
-    const long double u = static_cast<long double>(uniform(p.seed, p.step)) * cdf.mass();
+    const long double u = static_cast<long double>(chunkwise::detail::sample_uniform(p.seed, p.step)) * cdf.mass();
     if (self_check) {
       const long double lo = ph > 0 ? cdf.cum[static_cast<std::size_t>(ph - 1)] : 0.0L;
       const long double hi = ph >= 0 ? cdf.cum[static_cast<std::size_t>(ph)] : -1.0L;
