@@ -56,16 +56,13 @@ std::shared_ptr<const BackendProvider> backend_from_args(const Args& args) {
           "--precision " + precision + " needs --device cuda: the CPU backend computes in fp32");
     return cpu_backend_provider();
   }
-  check(device.rfind("cuda", 0) == 0, ErrorCode::kInvalidArgument,
-        "--device must be cpu, cuda or cuda:N, got '" + device + "'");
+  // The name is checked the same way whether or not this build has the CUDA backend.
+  const std::string n = device.rfind("cuda", 0) == 0 ? device.substr(4) : std::string("?");
+  check(n.empty() || (n.size() >= 2 && n.size() <= 4 && n[0] == ':' &&
+                      n.find_first_not_of("0123456789", 1) == std::string::npos),
+        ErrorCode::kInvalidArgument, "--device must be cpu, cuda or cuda:N, got '" + device + "'");
 #ifdef CHUNKWISE_HAS_CUDA
-  int index = 0;
-  if (device != "cuda") {
-    const std::string n = device.substr(4);
-    check(n.size() >= 2 && n[0] == ':' && n.size() <= 4 && n.find_first_not_of("0123456789", 1) == std::string::npos,
-          ErrorCode::kInvalidArgument, "--device must be cpu, cuda or cuda:N, got '" + device + "'");
-    index = std::stoi(n.substr(1));
-  }
+  const int index = n.empty() ? 0 : std::stoi(n.substr(1));
   const int visible = cuda::device_count();
   check(index < visible, ErrorCode::kBackend,
         "--device " + device + ": " + std::to_string(visible) + " CUDA device(s) visible");

@@ -21,6 +21,7 @@
 
 #include "chunkwise/cuda/attention.hpp"
 #include "chunkwise/cuda/common.hpp"
+#include "cuda/attention_fixture.hpp"
 
 namespace {
 
@@ -31,6 +32,10 @@ using chunkwise::cuda::check_cuda;
 using chunkwise::cuda::DeviceBuffer;
 using chunkwise::cuda::PagedAttention;
 using chunkwise::cuda::PagedKvView;
+using chunkwise::cuda::attention_fixture::add_softmax_reference;
+using chunkwise::cuda::attention_fixture::PagedBatch;
+using chunkwise::cuda::attention_fixture::Stream;
+using chunkwise::cuda::attention_fixture::to_device;
 
 constexpr int kHeads = 32, kKvHeads = 8, kDim = 128;
 
@@ -56,21 +61,6 @@ void fill_random(std::vector<std::uint16_t>& v, std::uint64_t seed) {
       v[i + j] = static_cast<std::uint16_t>((sign << 15) | (exp << 7) | man);
     }
   }
-}
-
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { check_cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"); }
-  ~Stream() { cudaStreamDestroy(s); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-};
-
-template <class T>
-DeviceBuffer<T> to_device(const std::vector<T>& v) {
-  DeviceBuffer<T> d(std::max<std::size_t>(v.size(), 1));
-  if (!v.empty()) check_cuda(cudaMemcpy(d.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
-  return d;
 }
 
 // Median milliseconds of `iters` runs after `warmup`, each timed alone with events.
@@ -110,19 +100,9 @@ struct Inputs {
 };
 
 // A batch of sequences over one paged cache whose blocks are a random permutation of the pool.
-struct Batch {
-  int block_size = 16;
-  std::vector<std::int32_t> qs{0}, ps{0}, pages, kvl, pos;
-  DeviceBuffer<std::int32_t> dqs, dps, dpages, dkvl, dpos;
+struct Batch : PagedBatch {
   std::size_t q_off = 0, k_off = 0, v_off = 0;  // element offsets into Inputs
 
-  void add(int rows, int start, int len) {
-    for (int i = 0; i < rows; ++i) pos.push_back(start + i);
-    qs.push_back(qs.back() + rows);
-    ps.push_back(ps.back() + (len + block_size - 1) / block_size);
-    kvl.push_back(len);
-  }
-  [[nodiscard]] int rows() const { return static_cast<int>(pos.size()); }
   [[nodiscard]] std::size_t q_elems() const { return static_cast<std::size_t>(rows()) * kHeads * kDim; }
   [[nodiscard]] std::size_t kv_elems() const {
     return static_cast<std::size_t>(ps.back()) * static_cast<std::size_t>(block_size) * kKvHeads * kDim;
@@ -135,34 +115,17 @@ struct Batch {
     q_off = 0;
     k_off = q_elems();
     v_off = k_off + kv_elems();
-    dqs = to_device(qs);
-    dps = to_device(ps);
-    dpages = to_device(pages);
-    dkvl = to_device(kvl);
-    dpos = to_device(pos);
+    upload();
   }
   [[nodiscard]] std::size_t elems_needed() const { return q_elems() + 2 * kv_elems(); }
   [[nodiscard]] PagedKvView kv(const Inputs& in) const {
     return {in.dev.get() + k_off, in.dev.get() + v_off, block_size, kKvHeads, kDim};
   }
-  [[nodiscard]] AttentionBatchView view() const {
-    return {dqs.get(), dps.get(), dpages.get(), dkvl.get(), dpos.get(), static_cast<int>(kvl.size()), rows()};
-  }
-  [[nodiscard]] std::size_t kv_index(int seq, int p, int kvh) const {
-    const auto block = static_cast<std::size_t>(pages[static_cast<std::size_t>(ps[static_cast<std::size_t>(seq)] + p / block_size)]);
-    return ((block * static_cast<std::size_t>(block_size) + static_cast<std::size_t>(p % block_size)) * kKvHeads +
-            static_cast<std::size_t>(kvh)) *
-           kDim;
-  }
 };
 
-// Host mask for one sequence at positions [0, L): the same kept tiles for every head.
-struct Mask {
-  int tile = 128;
+// Mask for one sequence at positions [0, L): the same kept tiles for every head.
+struct Mask : chunkwise::cuda::attention_fixture::Mask {
   std::vector<std::vector<int>> kept;  // per query tile, sorted key tiles
-  std::vector<std::int32_t> srs, row_ptr, col_idx;
-  DeviceBuffer<std::int32_t> d_srs, d_rp, d_ci;
-  BlockSparseMaskView view{};
   std::size_t kept_tiles = 0, causal_tiles = 0;
 };
 
@@ -175,18 +138,20 @@ Mask make_mask(int L, int tile, int percent, std::uint32_t seed) {
   for (int t = 0; t < nt; ++t)
     for (int c = 0; c < t; ++c) lower.emplace_back(t, c);
   const long want = std::lround(percent / 100.0 * static_cast<double>(m.causal_tiles)) - nt;
-  const std::size_t extra = static_cast<std::size_t>(std::clamp<long>(want, 0, static_cast<long>(lower.size())));
+  const std::size_t extra =
+      static_cast<std::size_t>(std::clamp<long>(want, 0, static_cast<long>(lower.size())));
   std::mt19937 rng(seed);
   std::shuffle(lower.begin(), lower.end(), rng);
   m.kept.assign(static_cast<std::size_t>(nt), {});
-  for (std::size_t i = 0; i < extra; ++i) m.kept[static_cast<std::size_t>(lower[i].first)].push_back(lower[i].second);
+  for (std::size_t i = 0; i < extra; ++i)
+    m.kept[static_cast<std::size_t>(lower[i].first)].push_back(lower[i].second);
   for (int t = 0; t < nt; ++t) {
     auto& k = m.kept[static_cast<std::size_t>(t)];
     k.push_back(t);
     std::sort(k.begin(), k.end());
     m.kept_tiles += k.size();
   }
-  m.srs = {0, kHeads * nt};
+  m.seq_row_start = {0, kHeads * nt};
   m.row_ptr.push_back(0);
   for (int h = 0; h < kHeads; ++h) {
     for (int t = 0; t < nt; ++t) {
@@ -195,17 +160,14 @@ Mask make_mask(int L, int tile, int percent, std::uint32_t seed) {
       m.row_ptr.push_back(static_cast<std::int32_t>(m.col_idx.size()));
     }
   }
-  m.d_srs = to_device(m.srs);
-  m.d_rp = to_device(m.row_ptr);
-  m.d_ci = to_device(m.col_idx);
-  m.view = BlockSparseMaskView{tile, m.d_srs.get(), m.d_rp.get(), m.d_ci.get(), nullptr, nullptr};
+  m.upload(false);
   return m;
 }
 
 // Relative error of a few (row, head) outputs against a double reference over `keys(row)`.
 template <class Keys>
-double spot_check(const Inputs& in, const Batch& b, const DeviceBuffer<bf16>& out, const std::vector<int>& rows,
-                  const std::vector<int>& heads, float scale, Keys&& keys_of) {
+double spot_check(const Inputs& in, const Batch& b, const DeviceBuffer<bf16>& out,
+                  const std::vector<int>& rows, const std::vector<int>& heads, float scale, Keys&& keys_of) {
   double num = 0, den = 0;
   std::vector<std::uint16_t> got(kDim);
   for (const int r : rows) {
@@ -214,28 +176,19 @@ double spot_check(const Inputs& in, const Batch& b, const DeviceBuffer<bf16>& ou
     const std::vector<int> keys = keys_of(r, b.pos[static_cast<std::size_t>(r)]);
     for (const int h : heads) {
       const int kvh = h / (kHeads / kKvHeads);
-      const std::size_t qi = b.q_off + (static_cast<std::size_t>(r) * kHeads + static_cast<std::size_t>(h)) * kDim;
-      std::vector<double> w(keys.size());
-      double mx = -1e300;
-      for (std::size_t i = 0; i < keys.size(); ++i) {
-        const std::size_t ki = b.k_off + b.kv_index(seq, keys[i], kvh);
-        double dot = 0;
-        for (int x = 0; x < kDim; ++x)
-          dot += static_cast<double>(bf16_value(in.host[qi + static_cast<std::size_t>(x)])) *
-                 bf16_value(in.host[ki + static_cast<std::size_t>(x)]);
-        w[i] = dot * scale;
-        mx = std::max(mx, w[i]);
-      }
-      double sum = 0;
-      for (double& x : w) sum += (x = std::exp(x - mx));
+      const std::size_t qi =
+          b.q_off + (static_cast<std::size_t>(r) * kHeads + static_cast<std::size_t>(h)) * kDim;
+      const std::size_t kv_head = static_cast<std::size_t>(kvh) * kDim;
       std::vector<double> ref(kDim, 0.0);
-      for (std::size_t i = 0; i < keys.size(); ++i) {
-        const std::size_t vi = b.v_off + b.kv_index(seq, keys[i], kvh);
-        for (int x = 0; x < kDim; ++x) ref[static_cast<std::size_t>(x)] += w[i] / sum * bf16_value(in.host[vi + static_cast<std::size_t>(x)]);
-      }
-      check_cuda(cudaMemcpy(got.data(), out.get() + (static_cast<std::size_t>(r) * kHeads + static_cast<std::size_t>(h)) * kDim,
-                            kDim * 2, cudaMemcpyDeviceToHost),
-                 "download");
+      add_softmax_reference(
+          in.host.data() + qi, in.host.data() + b.k_off + kv_head, in.host.data() + b.v_off + kv_head, keys,
+          [&](int p) { return b.slot(seq, p) * kKvHeads * kDim; }, kDim, scale,
+          [](std::uint16_t x) { return static_cast<double>(bf16_value(x)); }, ref.data());
+      check_cuda(
+          cudaMemcpy(got.data(),
+                     out.get() + (static_cast<std::size_t>(r) * kHeads + static_cast<std::size_t>(h)) * kDim,
+                     kDim * 2, cudaMemcpyDeviceToHost),
+          "download");
       for (int x = 0; x < kDim; ++x) {
         const double g = bf16_value(got[static_cast<std::size_t>(x)]);
         const double d = std::isnan(g) ? 1e30 : g - ref[static_cast<std::size_t>(x)];
@@ -256,11 +209,12 @@ struct Row {
 std::string plan_text(const PagedAttention& a, int block_size) {
   const auto& s = a.stats();
   char buf[200];
-  std::snprintf(buf, sizeof buf,
-                "KV block size %d; plan: tile %d, %d prefill CTAs/head (split %d), %d decode CTAs/kv head (split %d), "
-                "%d merged rows",
-                block_size, s.prefill_tile_rows, s.prefill_items, s.prefill_splits, s.decode_items, s.decode_splits,
-                s.merge_rows);
+  std::snprintf(
+      buf, sizeof buf,
+      "KV block size %d; plan: tile %d, %d prefill CTAs/head (split %d), %d decode CTAs/kv head (split %d), "
+      "%d merged rows",
+      block_size, s.prefill_tile_rows, s.prefill_items, s.prefill_splits, s.decode_items, s.decode_splits,
+      s.merge_rows);
   return buf;
 }
 
@@ -273,13 +227,14 @@ std::string json_safe(std::string s) {
 
 void emit(const Row& r) {
   if (!r.error.empty()) {
-    std::printf("BENCH_JSON {\"case\": \"%s\", \"shape\": \"%s\", \"error\": \"%s\"}\n", r.name.c_str(), r.shape.c_str(),
-                json_safe(r.error).c_str());
+    std::printf("BENCH_JSON {\"case\": \"%s\", \"shape\": \"%s\", \"error\": \"%s\"}\n", r.name.c_str(),
+                r.shape.c_str(), json_safe(r.error).c_str());
   } else {
     std::printf("BENCH_JSON {\"case\": \"%s\", \"shape\": \"%s\", \"ms\": %.5f, \"%s\": %.4f", r.name.c_str(),
                 r.shape.c_str(), r.ms, r.figure_key.c_str(), r.figure);
     if (r.kept >= 0) std::printf(", \"kept\": %.4f", r.kept);
-    std::printf(", \"check_rel_err\": %.3e, \"note\": \"chunkwise PagedAttention; %s\"}\n", r.check, r.plan.c_str());
+    std::printf(", \"check_rel_err\": %.3e, \"note\": \"chunkwise PagedAttention; %s\"}\n", r.check,
+                r.plan.c_str());
   }
   std::fflush(stdout);
 }
@@ -299,7 +254,7 @@ Row dense_or_sparse(Inputs& in, DeviceBuffer<bf16>& out, int L, int percent, cud
   row.shape = shape;
   Batch b;
   b.block_size = 16;
-  b.add(L, 0, L);
+  b.add(L, 0);
   b.finish(7);
   const float scale = 1.0f / std::sqrt(static_cast<float>(kDim));
   PagedAttention attn;
@@ -317,7 +272,8 @@ Row dense_or_sparse(Inputs& in, DeviceBuffer<bf16>& out, int L, int percent, cud
   if (sparse) {
     const double nt = L / 128.0;
     row.kept = static_cast<double>(mask.kept_tiles) / static_cast<double>(mask.causal_tiles);
-    const double flops = 4.0 * kHeads * kDim * 128.0 * 128.0 * (static_cast<double>(mask.kept_tiles) - nt + 0.5 * nt);
+    const double flops =
+        4.0 * kHeads * kDim * 128.0 * 128.0 * (static_cast<double>(mask.kept_tiles) - nt + 0.5 * nt);
     row.figure = flops / (row.ms * 1e-3) / 1e12;
   } else {
     row.figure = 2.0 * kHeads * static_cast<double>(L) * L * kDim / (row.ms * 1e-3) / 1e12;
@@ -341,17 +297,19 @@ Row dense_or_sparse(Inputs& in, DeviceBuffer<bf16>& out, int L, int percent, cud
 Row decode(Inputs& in, DeviceBuffer<bf16>& out, int batch, int ctx, int block_size, cudaStream_t s) {
   Row row;
   char name[64], shape[96];
-  std::snprintf(name, sizeof name, block_size == 16 ? "decode_%dx%d" : "decode_%dx%d_bs%d", batch, ctx, block_size);
+  std::snprintf(name, sizeof name, block_size == 16 ? "decode_%dx%d" : "decode_%dx%d_bs%d", batch, ctx,
+                block_size);
   if (block_size == 16) {
     std::snprintf(shape, sizeof shape, "b%d ctx%d h%d/%d d%d", batch, ctx, kHeads, kKvHeads, kDim);
   } else {
-    std::snprintf(shape, sizeof shape, "b%d ctx%d h%d/%d d%d bs%d", batch, ctx, kHeads, kKvHeads, kDim, block_size);
+    std::snprintf(shape, sizeof shape, "b%d ctx%d h%d/%d d%d bs%d", batch, ctx, kHeads, kKvHeads, kDim,
+                  block_size);
   }
   row.name = name;
   row.shape = shape;
   Batch b;
   b.block_size = block_size;
-  for (int i = 0; i < batch; ++i) b.add(1, ctx - 1, ctx);
+  for (int i = 0; i < batch; ++i) b.add(1, ctx - 1);
   b.finish(11);
   const float scale = 1.0f / std::sqrt(static_cast<float>(kDim));
   PagedAttention attn;
@@ -379,7 +337,9 @@ Row decode(Inputs& in, DeviceBuffer<bf16>& out, int batch, int ctx, int block_si
 
 int main(int argc, char** argv) {
   const std::string filter = argc > 1 ? argv[1] : "";
-  auto wanted = [&](const std::string& name) { return filter.empty() || name.find(filter) != std::string::npos; };
+  auto wanted = [&](const std::string& name) {
+    return filter.empty() || name.find(filter) != std::string::npos;
+  };
   int dev = 0;
   cudaDeviceProp prop{};
   if (cudaGetDeviceCount(&dev) != cudaSuccess || dev == 0) {
@@ -388,7 +348,8 @@ int main(int argc, char** argv) {
   }
   check_cuda(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   std::printf("card: %s, %d SMs, %.0f MB L2, %.1f GB, cc %d.%d\n", prop.name, prop.multiProcessorCount,
-              prop.l2CacheSize / 1048576.0, static_cast<double>(prop.totalGlobalMem) / 1e9, prop.major, prop.minor);
+              prop.l2CacheSize / 1048576.0, static_cast<double>(prop.totalGlobalMem) / 1e9, prop.major,
+              prop.minor);
   std::fflush(stdout);
 
   std::vector<Row> rows;
@@ -411,22 +372,26 @@ int main(int argc, char** argv) {
       rows.push_back(r);
     };
     for (const int L : {4096, 16384, 65536}) {
-      run_case("dense_prefill_L" + std::to_string(L), [&] { return dense_or_sparse(in, out, L, 0, stream.s); });
+      run_case("dense_prefill_L" + std::to_string(L),
+               [&] { return dense_or_sparse(in, out, L, 0, stream.s); });
     }
     for (const int pct : {100, 30, 10, 3}) {
       run_case("sparse_prefill_L32768_d" + std::to_string(pct),
                [&] { return dense_or_sparse(in, out, 32768, pct, stream.s); });
     }
     for (const int bs : {16, 64}) {
-      run_case(bs == 16 ? "decode_64x4096" : "decode_64x4096_bs64", [&] { return decode(in, out, 64, 4096, bs, stream.s); });
-      run_case(bs == 16 ? "decode_8x32768" : "decode_8x32768_bs64", [&] { return decode(in, out, 8, 32768, bs, stream.s); });
+      run_case(bs == 16 ? "decode_64x4096" : "decode_64x4096_bs64",
+               [&] { return decode(in, out, 64, 4096, bs, stream.s); });
+      run_case(bs == 16 ? "decode_8x32768" : "decode_8x32768_bs64",
+               [&] { return decode(in, out, 8, 32768, bs, stream.s); });
     }
   } catch (const std::exception& e) {
     std::printf("bench_attention: %s\n", e.what());
     return 1;
   }
 
-  std::printf("\n%-28s %-40s %10s %12s %7s %10s  %s\n", "case", "shape", "ms", "figure", "kept", "check", "plan");
+  std::printf("\n%-28s %-40s %10s %12s %7s %10s  %s\n", "case", "shape", "ms", "figure", "kept", "check",
+              "plan");
   for (const Row& r : rows) {
     if (!r.error.empty()) {
       std::printf("%-28s %-40s ERROR %s\n", r.name.c_str(), r.shape.c_str(), r.error.c_str());
@@ -435,8 +400,8 @@ int main(int argc, char** argv) {
     char fig[32], kept[16] = "-";
     std::snprintf(fig, sizeof fig, "%.2f %s", r.figure, r.figure_key == "tbps" ? "TB/s" : "TFLOP/s");
     if (r.kept >= 0) std::snprintf(kept, sizeof kept, "%.3f", r.kept);
-    std::printf("%-28s %-40s %10.4f %12s %7s %10.2e  %s\n", r.name.c_str(), r.shape.c_str(), r.ms, fig, kept, r.check,
-                r.plan.c_str());
+    std::printf("%-28s %-40s %10.4f %12s %7s %10.2e  %s\n", r.name.c_str(), r.shape.c_str(), r.ms, fig, kept,
+                r.check, r.plan.c_str());
   }
   return 0;
 }

@@ -23,6 +23,13 @@ check_one "negative temperature" "temperature" run --model "$model" --prompt hi 
 check_one "top-p zero" "top_p" run --model "$model" --prompt hi --top-p 0 --temperature 1
 check_one "unknown option" "unknown option" run --model "$model" --prompt hi --bogus 1
 check_one "bad device" "device" run --model "$model" --prompt hi --device tpu
+check_one "bad device index" "cuda:N" run --model "$model" --prompt hi --device cuda:x
+check_one "fp16 on the CPU" "precision fp16 needs --device cuda" run --model "$model" --prompt hi --precision fp16
+check_one "bad precision" "precision" run --model "$model" --prompt hi --precision fp8
+# Without a usable GPU (no CUDA backend in the build, or no device): a clear error, not a crash.
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+  check_one "no GPU" "cuda" run --model "$model" --prompt hi --device cuda
+fi
 check_one "zero max tokens" "max_new_tokens" run --model "$model" --prompt hi --max-tokens 0
 check_one "past the context" "context-overflow" run --model "$model" --prompt hi --max-tokens 9000
 check_one "tiny KV budget" "kv-exhausted" run --model "$model" --prompt hi --max-tokens 100 --kv-mb 1

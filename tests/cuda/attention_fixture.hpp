@@ -17,7 +17,8 @@ namespace chunkwise::cuda::attention_fixture {
 template <class T>
 DeviceBuffer<T> to_device(const std::vector<T>& v) {
   DeviceBuffer<T> d(std::max<std::size_t>(v.size(), 1));
-  if (!v.empty()) check_cuda(cudaMemcpy(d.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
+  if (!v.empty())
+    check_cuda(cudaMemcpy(d.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
   return d;
 }
 

@@ -23,12 +23,12 @@
 #include "chunkwise/core/error.hpp"
 #include "chunkwise/cuda/attention.hpp"
 #include "chunkwise/cuda/common.hpp"
+#include "cuda/attention_fixture.hpp"
 
 namespace {
 
 using chunkwise::Error;
 using chunkwise::ErrorCode;
-using chunkwise::cuda::AttentionBatchView;
 using chunkwise::cuda::AttentionPlanOptions;
 using chunkwise::cuda::BasicPagedKvView;
 using chunkwise::cuda::bf16;
@@ -37,6 +37,11 @@ using chunkwise::cuda::check_cuda;
 using chunkwise::cuda::DeviceBuffer;
 using chunkwise::cuda::f16;
 using chunkwise::cuda::PagedAttention;
+using chunkwise::cuda::attention_fixture::add_softmax_reference;
+using chunkwise::cuda::attention_fixture::Mask;
+using chunkwise::cuda::attention_fixture::PagedBatch;
+using chunkwise::cuda::attention_fixture::Stream;
+using chunkwise::cuda::attention_fixture::to_device;
 
 // Relative error bound against the references: a few times the rounding of P and of the output.
 template <class T>
@@ -45,13 +50,6 @@ constexpr double kTol = std::is_same_v<T, bf16> ? 1e-2 : 2e-3;
 template <class T>
 const char* type_name() {
   return std::is_same_v<T, bf16> ? "bf16" : "fp16";
-}
-
-template <class T>
-DeviceBuffer<T> to_device(const std::vector<T>& v) {
-  DeviceBuffer<T> d(std::max<std::size_t>(v.size(), 1));
-  if (!v.empty()) check_cuda(cudaMemcpy(d.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
-  return d;
 }
 
 template <class T>
@@ -73,27 +71,22 @@ struct Seq {
 
 // One batch: metadata, inputs (in the storage type T and as fp32 values) and device copies.
 template <class T>
-struct Problem {
+struct Problem : PagedBatch {
   Shape sh{};
   std::vector<Seq> seqs;
-  std::vector<std::int32_t> qs, ps, pages, kvl, pos;
   int num_blocks = 0;
   std::vector<T> q, k, v;
   std::vector<float> qf, kf, vf;
   DeviceBuffer<T> dq, dk, dv, dout;
-  DeviceBuffer<std::int32_t> dqs, dps, dpages, dkvl, dpos;
 
-  [[nodiscard]] int rows() const { return static_cast<int>(pos.size()); }
   [[nodiscard]] std::size_t out_elems() const {
-    return static_cast<std::size_t>(rows()) * static_cast<std::size_t>(sh.n_heads) * static_cast<std::size_t>(sh.d);
+    return static_cast<std::size_t>(rows()) * static_cast<std::size_t>(sh.n_heads) *
+           static_cast<std::size_t>(sh.d);
   }
   [[nodiscard]] BasicPagedKvView<T> kv() const { return {dk.get(), dv.get(), sh.bs, sh.n_kv, sh.d}; }
-  [[nodiscard]] AttentionBatchView batch() const {
-    return {dqs.get(), dps.get(), dpages.get(), dkvl.get(), dpos.get(), static_cast<int>(seqs.size()), rows()};
-  }
-  [[nodiscard]] std::int64_t slot_offset(int s, int p) const {  // element offset of token p of sequence s, head 0
-    const std::int32_t block = pages[static_cast<std::size_t>(ps[static_cast<std::size_t>(s)] + p / sh.bs)];
-    return (static_cast<std::int64_t>(block) * sh.bs + p % sh.bs) * sh.n_kv * sh.d;
+  [[nodiscard]] std::int64_t slot_offset(int s,
+                                         int p) const {  // element offset of token p of sequence s, head 0
+    return static_cast<std::int64_t>(slot(s, p)) * sh.n_kv * sh.d;
   }
 };
 
@@ -102,20 +95,11 @@ Problem<T> make_problem(const Shape& sh, const std::vector<Seq>& seqs, std::uint
   Problem<T> pr;
   pr.sh = sh;
   pr.seqs = seqs;
+  pr.block_size = sh.bs;
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  pr.qs.push_back(0);
-  pr.ps.push_back(0);
-  int needed = 0;
-  for (const Seq& s : seqs) {
-    const int len = s.start + s.rows;
-    for (int i = 0; i < s.rows; ++i) pr.pos.push_back(s.start + i);
-    pr.qs.push_back(pr.qs.back() + s.rows);
-    const int nb = (len + sh.bs - 1) / sh.bs;
-    needed += nb;
-    pr.ps.push_back(pr.ps.back() + nb);
-    pr.kvl.push_back(len);
-  }
+  for (const Seq& s : seqs) pr.add(s.rows, s.start);
+  const int needed = pr.ps.back();
   pr.num_blocks = needed + needed / 4 + 3;
   std::vector<std::int32_t> ids(static_cast<std::size_t>(pr.num_blocks));
   std::iota(ids.begin(), ids.end(), 0);
@@ -151,11 +135,7 @@ Problem<T> make_problem(const Shape& sh, const std::vector<Seq>& seqs, std::uint
   pr.dk = to_device(pr.k);
   pr.dv = to_device(pr.v);
   pr.dout = DeviceBuffer<T>(std::max<std::size_t>(pr.out_elems(), 1));
-  pr.dqs = to_device(pr.qs);
-  pr.dps = to_device(pr.ps);
-  pr.dpages = to_device(pr.pages);
-  pr.dkvl = to_device(pr.kvl);
-  pr.dpos = to_device(pr.pos);
+  pr.upload();
   return pr;
 }
 
@@ -183,7 +163,7 @@ template <class T>
 std::vector<float> run_gpu(Problem<T>& pr, PagedAttention& attn, const BlockSparseMaskView* mask,
                            cudaStream_t stream) {
   check_cuda(cudaMemsetAsync(pr.dout.get(), 0xff, pr.out_elems() * sizeof(T), stream), "poison out");
-  attn.run(pr.dq.get(), pr.kv(), pr.batch(), mask, default_scale(pr), pr.dout.get(), stream);
+  attn.run(pr.dq.get(), pr.kv(), pr.view(), mask, default_scale(pr), pr.dout.get(), stream);
   check_cuda(cudaStreamSynchronize(stream), "attention run");
   return download_f32(pr.dout, pr.out_elems());
 }
@@ -202,7 +182,8 @@ Errors compare(const Problem<T>& pr, const std::vector<float>& got, const std::v
   const std::size_t row_elems = static_cast<std::size_t>(pr.sh.n_heads) * pr.sh.d;
   std::vector<int> row_kind(static_cast<std::size_t>(pr.rows()));  // 0 decode, 1 prefill
   for (std::size_t s = 0; s < pr.seqs.size(); ++s)
-    for (int r = pr.qs[s]; r < pr.qs[s + 1]; ++r) row_kind[static_cast<std::size_t>(r)] = pr.seqs[s].rows > 1 ? 1 : 0;
+    for (int r = pr.qs[s]; r < pr.qs[s + 1]; ++r)
+      row_kind[static_cast<std::size_t>(r)] = pr.seqs[s].rows > 1 ? 1 : 0;
   for (std::size_t i = 0; i < got.size(); ++i) {
     const double r = static_cast<double>(ref[i]);
     const int kind = row_kind[i / row_elems];
@@ -248,18 +229,22 @@ std::string describe(const Problem<T>& pr) {
 std::string describe(const PagedAttention& attn) {
   const auto& s = attn.stats();
   char buf[200];
-  std::snprintf(buf, sizeof buf, "plan: tile %d prefill_ctas/head %d psplit %d decode_ctas/kvhead %d dsplit %d merge %d launches %d",
-                s.prefill_tile_rows, s.prefill_items, s.prefill_splits, s.decode_items, s.decode_splits, s.merge_rows,
-                s.launches);
+  std::snprintf(
+      buf, sizeof buf,
+      "plan: tile %d prefill_ctas/head %d psplit %d decode_ctas/kvhead %d dsplit %d merge %d launches %d",
+      s.prefill_tile_rows, s.prefill_items, s.prefill_splits, s.decode_items, s.decode_splits, s.merge_rows,
+      s.launches);
   return buf;
 }
 
 template <class T>
 void report(const std::string& name, const std::string& cfg, const Problem<T>& pr, const PagedAttention& attn,
             const Errors& e) {
-  std::printf("[attention] %-28s %-14s %s | %s | max_abs %.3e rel %.3e (decode %.3e prefill %.3e) unwritten %zu | %s\n",
-              name.c_str(), cfg.c_str(), describe(pr).c_str(), describe(attn).c_str(), e.max_abs, e.rel, e.rel_decode,
-              e.rel_prefill, e.unwritten, e.worst.c_str());
+  std::printf(
+      "[attention] %-28s %-14s %s | %s | max_abs %.3e rel %.3e (decode %.3e prefill %.3e) unwritten %zu | "
+      "%s\n",
+      name.c_str(), cfg.c_str(), describe(pr).c_str(), describe(attn).c_str(), e.max_abs, e.rel, e.rel_decode,
+      e.rel_prefill, e.unwritten, e.worst.c_str());
   std::fflush(stdout);
 }
 
@@ -276,14 +261,6 @@ const std::vector<Config>& configs() {
   return c;
 }
 
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { check_cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"); }
-  ~Stream() { cudaStreamDestroy(s); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-};
-
 // Runs a problem under every configuration against the CPU reference; returns the auto plan's stats.
 template <class T>
 chunkwise::cuda::AttentionPlanStats check_dense(const std::string& name, Problem<T>& pr) {
@@ -298,8 +275,8 @@ chunkwise::cuda::AttentionPlanStats check_dense(const std::string& name, Problem
     const std::vector<float> got = run_gpu(pr, attn, nullptr, stream.s);
     const Errors e = compare(pr, got, ref);
     report(name, c.name, pr, attn, e);
-    INFO(name << " " << c.name << " " << describe(pr) << " " << describe(attn) << " rel " << e.rel << " unwritten "
-              << e.unwritten << " " << e.worst);
+    INFO(name << " " << c.name << " " << describe(pr) << " " << describe(attn) << " rel " << e.rel
+              << " unwritten " << e.unwritten << " " << e.worst);
     CHECK(e.unwritten == 0);
     CHECK(e.rel < kTol<T>);
   }
@@ -307,26 +284,6 @@ chunkwise::cuda::AttentionPlanStats check_dense(const std::string& name, Problem
 }
 
 // ---- block-sparse ------------------------------------------------------------------------------
-
-// A host mask in the BlockSparseMaskView layout plus its device copy.
-struct Mask {
-  int tile = 128;
-  std::vector<std::int32_t> seq_row_start, row_ptr, col_idx, column_ptr, column_idx;
-  DeviceBuffer<std::int32_t> d_srs, d_rp, d_ci, d_cp, d_cx;
-  BlockSparseMaskView view{};
-  void upload(bool with_columns) {
-    d_srs = to_device(seq_row_start);
-    d_rp = to_device(row_ptr);
-    d_ci = to_device(col_idx);
-    view = BlockSparseMaskView{tile, d_srs.get(), d_rp.get(), d_ci.get(), nullptr, nullptr};
-    if (with_columns) {
-      d_cp = to_device(column_ptr);
-      d_cx = to_device(column_idx);
-      view.column_ptr = d_cp.get();
-      view.column_idx = d_cx.get();
-    }
-  }
-};
 
 // kind: "full" (every causal tile), "random" (diagonal + ~density of the others), "holes"
 // (random, some rows without their diagonal and some rows empty), "columns" (random + columns).
@@ -384,7 +341,6 @@ std::vector<double> masked_reference(const Problem<E>& pr, const Mask& m, bool w
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   std::vector<double> out(pr.out_elems(), 0.0);
   std::vector<int> keys;
-  std::vector<double> w;
   for (std::size_t s = 0; s < pr.seqs.size(); ++s) {
     const Seq& sq = pr.seqs[s];
     const bool masked = m.seq_row_start[s + 1] > m.seq_row_start[s] && sq.rows > 1;
@@ -397,37 +353,26 @@ std::vector<double> masked_reference(const Problem<E>& pr, const Mask& m, bool w
           for (int k = 0; k <= p; ++k) keys.push_back(k);
         } else {
           const int mrow = m.seq_row_start[s] + h * n_qtiles + (p / T - first);
-          for (int i = m.row_ptr[static_cast<std::size_t>(mrow)]; i < m.row_ptr[static_cast<std::size_t>(mrow) + 1]; ++i) {
+          for (int i = m.row_ptr[static_cast<std::size_t>(mrow)];
+               i < m.row_ptr[static_cast<std::size_t>(mrow) + 1]; ++i) {
             const int c = m.col_idx[static_cast<std::size_t>(i)];
             for (int k = c * T; k < (c + 1) * T && k <= p; ++k) keys.push_back(k);
           }
           if (with_columns) {
-            for (int i = m.column_ptr[static_cast<std::size_t>(mrow)]; i < m.column_ptr[static_cast<std::size_t>(mrow) + 1];
-                 ++i) {
+            for (int i = m.column_ptr[static_cast<std::size_t>(mrow)];
+                 i < m.column_ptr[static_cast<std::size_t>(mrow) + 1]; ++i) {
               const int k = m.column_idx[static_cast<std::size_t>(i)];
               if (k >= 0 && k <= p) keys.push_back(k);
             }
           }
         }
         if (keys.empty()) continue;
-        const float* qv = pr.qf.data() + (static_cast<std::size_t>(r) * H + h) * D;
-        const int kvh = h / group;
-        w.resize(keys.size());
-        double mx = -1e300;
-        for (std::size_t i = 0; i < keys.size(); ++i) {
-          const float* kv = pr.kf.data() + pr.slot_offset(static_cast<int>(s), keys[i]) + kvh * D;
-          double dot = 0;
-          for (int x = 0; x < D; ++x) dot += static_cast<double>(qv[x]) * kv[x];
-          w[i] = dot * scale;
-          mx = std::max(mx, w[i]);
-        }
-        double sum = 0;
-        for (double& x : w) sum += (x = std::exp(x - mx));
-        double* o = out.data() + (static_cast<std::size_t>(r) * H + h) * D;
-        for (std::size_t i = 0; i < keys.size(); ++i) {
-          const float* vv = pr.vf.data() + pr.slot_offset(static_cast<int>(s), keys[i]) + kvh * D;
-          for (int x = 0; x < D; ++x) o[x] += w[i] / sum * vv[x];
-        }
+        const std::size_t qo = (static_cast<std::size_t>(r) * H + h) * D;
+        const int kv_head = h / group * D;
+        add_softmax_reference(
+            pr.qf.data() + qo, pr.kf.data() + kv_head, pr.vf.data() + kv_head, keys,
+            [&](int k) { return pr.slot_offset(static_cast<int>(s), k); }, D, scale,
+            [](float x) { return static_cast<double>(x); }, out.data() + qo);
       }
     }
   }
@@ -446,31 +391,26 @@ TEMPLATE_TEST_CASE("paged attention matches the CPU reference on ragged batches,
   const std::vector<Spec> specs = {
       {"gqa9/3 d64 bs16 mixed",
        {9, 3, 64, 16},
-       {{1, 0}, {1, 62}, {1, 63}, {1, 64}, {1, 999}, {64, 100}, {200, 37}, {63, 0}, {64, 0}, {65, 0}, {1030, 0}, {2, 500}}},
-      {"gqa4/1 d128 bs64",
-       {4, 1, 128, 64},
-       {{1, 2000}, {130, 0}, {65, 700}, {1, 5}, {300, 64}}},
-      {"gqa32/8 d128 bs16",
-       {32, 8, 128, 16},
-       {{1, 4095}, {1, 100}, {257, 1000}, {1100, 0}, {17, 3}}},
-      {"mha8/8 d64 bs128",
-       {8, 8, 64, 128},
-       {{1, 300}, {128, 128}, {129, 0}, {1, 127}, {1, 128}, {500, 20}}},
-      {"gqa9/3 d64 bs5 (odd)",
-       {9, 3, 64, 5},
-       {{1, 44}, {70, 33}, {1000, 0}, {1, 7}, {64, 1}}},
-      {"gqa4/2 d128 bs1",
-       {4, 2, 128, 1},
-       {{1, 100}, {80, 20}, {33, 0}}},
-      {"mqa32/1 d64 bs16 (group>16)",
-       {32, 1, 64, 16},
-       {{1, 700}, {40, 10}, {1, 0}}},
-      {"gqa8/1 d64 bs32 prefill-only",
-       {8, 1, 64, 32},
-       {{64, 0}, {65, 64}, {63, 200}}},
-      {"gqa8/2 d128 bs16 decode-only",
-       {8, 2, 128, 16},
-       {{1, 63}, {1, 64}, {1, 65}, {1, 1}, {1, 1500}}},
+       {{1, 0},
+        {1, 62},
+        {1, 63},
+        {1, 64},
+        {1, 999},
+        {64, 100},
+        {200, 37},
+        {63, 0},
+        {64, 0},
+        {65, 0},
+        {1030, 0},
+        {2, 500}}},
+      {"gqa4/1 d128 bs64", {4, 1, 128, 64}, {{1, 2000}, {130, 0}, {65, 700}, {1, 5}, {300, 64}}},
+      {"gqa32/8 d128 bs16", {32, 8, 128, 16}, {{1, 4095}, {1, 100}, {257, 1000}, {1100, 0}, {17, 3}}},
+      {"mha8/8 d64 bs128", {8, 8, 64, 128}, {{1, 300}, {128, 128}, {129, 0}, {1, 127}, {1, 128}, {500, 20}}},
+      {"gqa9/3 d64 bs5 (odd)", {9, 3, 64, 5}, {{1, 44}, {70, 33}, {1000, 0}, {1, 7}, {64, 1}}},
+      {"gqa4/2 d128 bs1", {4, 2, 128, 1}, {{1, 100}, {80, 20}, {33, 0}}},
+      {"mqa32/1 d64 bs16 (group>16)", {32, 1, 64, 16}, {{1, 700}, {40, 10}, {1, 0}}},
+      {"gqa8/1 d64 bs32 prefill-only", {8, 1, 64, 32}, {{64, 0}, {65, 64}, {63, 200}}},
+      {"gqa8/2 d128 bs16 decode-only", {8, 2, 128, 16}, {{1, 63}, {1, 64}, {1, 65}, {1, 1}, {1, 1500}}},
   };
   std::uint32_t seed = 1;
   for (const Spec& sp : specs) {
@@ -501,10 +441,22 @@ TEMPLATE_TEST_CASE(
     std::vector<bool> masked;
   };
   const std::vector<Spec> specs = {
-      {"sparse t64 8/2 d128 bs16", {8, 2, 128, 16}, 64, {{300, 0}, {200, 130}, {1, 400}, {100, 0}}, {true, true, true, false}},
-      {"sparse t128 9/3 d64 bs16", {9, 3, 64, 16}, 128, {{700, 0}, {300, 250}, {1, 600}}, {true, true, false}},
+      {"sparse t64 8/2 d128 bs16",
+       {8, 2, 128, 16},
+       64,
+       {{300, 0}, {200, 130}, {1, 400}, {100, 0}},
+       {true, true, true, false}},
+      {"sparse t128 9/3 d64 bs16",
+       {9, 3, 64, 16},
+       128,
+       {{700, 0}, {300, 250}, {1, 600}},
+       {true, true, false}},
       {"sparse t128 4/1 d64 bs5", {4, 1, 64, 5}, 128, {{260, 0}, {50, 900}, {129, 127}}, {true, true, true}},
-      {"sparse t128 8/8 d128 bs64", {8, 8, 128, 64}, 128, {{384, 0}, {1, 100}, {70, 700}}, {true, false, true}},
+      {"sparse t128 8/8 d128 bs64",
+       {8, 8, 128, 64},
+       128,
+       {{384, 0}, {1, 100}, {70, 700}},
+       {true, false, true}},
   };
   std::mt19937 rng(2024);
   std::uint32_t seed = 100;
@@ -557,7 +509,7 @@ TEST_CASE("a step captured in a CUDA graph replays to the same output", "[cuda][
   cudaGraphExec_t exec = nullptr;
   check_cuda(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
   check_cuda(cudaMemsetAsync(pr.dout.get(), 0xff, pr.out_elems() * sizeof(bf16), stream.s), "poison");
-  attn.run(pr.dq.get(), pr.kv(), pr.batch(), nullptr, default_scale(pr), pr.dout.get(), stream.s);
+  attn.run(pr.dq.get(), pr.kv(), pr.view(), nullptr, default_scale(pr), pr.dout.get(), stream.s);
   check_cuda(cudaStreamEndCapture(stream.s, &graph), "cudaStreamEndCapture");
   check_cuda(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
   for (int rep = 0; rep < 2; ++rep) {
@@ -598,9 +550,12 @@ TEST_CASE("PagedAttention rejects unsupported shapes and mismatched arguments", 
                  "q_pos past kv_len");
   expect_invalid([&] { attn.plan(qs, ps, std::vector<std::int32_t>{17}, pos, 4, 1, 64, 16, nullptr); },
                  "kv_len past the pages");
-  expect_invalid([&] { attn.plan(qs, ps, std::vector<std::int32_t>{6}, std::vector<std::int32_t>{0, 5}, 4, 1, 64, 16,
-                                 nullptr, 64); },
-                 "gapped positions with a mask tile");
+  expect_invalid(
+      [&] {
+        attn.plan(qs, ps, std::vector<std::int32_t>{6}, std::vector<std::int32_t>{0, 5}, 4, 1, 64, 16,
+                  nullptr, 64);
+      },
+      "gapped positions with a mask tile");
   expect_invalid([&] { attn.run<bf16>(nullptr, {}, {}, nullptr, 1.0f, nullptr, nullptr); },
                  "run before plan");
 
@@ -609,11 +564,11 @@ TEST_CASE("PagedAttention rejects unsupported shapes and mismatched arguments", 
   attn.plan(pr.qs, pr.ps, pr.kvl, pr.pos, 4, 1, 64, 16, stream.s);
   BasicPagedKvView<bf16> bad = pr.kv();
   bad.head_dim = 128;
-  expect_invalid([&] { attn.run(pr.dq.get(), bad, pr.batch(), nullptr, 0.125f, pr.dout.get(), stream.s); },
+  expect_invalid([&] { attn.run(pr.dq.get(), bad, pr.view(), nullptr, 0.125f, pr.dout.get(), stream.s); },
                  "cache head_dim differs from the plan");
   BlockSparseMaskView mask;
-  expect_invalid([&] { attn.run(pr.dq.get(), pr.kv(), pr.batch(), &mask, 0.125f, pr.dout.get(), stream.s); },
+  expect_invalid([&] { attn.run(pr.dq.get(), pr.kv(), pr.view(), &mask, 0.125f, pr.dout.get(), stream.s); },
                  "mask without sparse_tile in the plan");
-  expect_invalid([&] { attn.run(pr.dq.get(), pr.kv(), pr.batch(), nullptr, -1.0f, pr.dout.get(), stream.s); },
+  expect_invalid([&] { attn.run(pr.dq.get(), pr.kv(), pr.view(), nullptr, -1.0f, pr.dout.get(), stream.s); },
                  "negative scale");
 }
