@@ -1,8 +1,10 @@
 // Engine on the real model: every batching policy, token budgets from 16 to 4096, the prefix cache
 // on and off give the same greedy outputs (batching decides when tokens are computed, never what).
+#include <filesystem>
 #include <map>
 
 #include "chunkwise/sched/engine.hpp"
+#include "chunkwise/sched/workload.hpp"
 #include "model_fixture.hpp"
 
 namespace {
@@ -16,7 +18,14 @@ Outputs run_engine(const std::shared_ptr<const chunkwise::Model>& model, const s
   chunkwise::Engine engine(model, c);
   for (const auto& r : reqs) engine.submit(r);
   Outputs out;
-  while (engine.has_work()) {
+  // A scheduler that stops making progress (a livelock) fails here instead of hanging the suite:
+  // no run needs more steps than prompt and output tokens together (a text prompt has no more
+  // tokens than bytes; 64 covers the chat template).
+  std::size_t bound = 16;
+  for (const auto& r : reqs)
+    bound += r.prompt_tokens.size() + r.prompt_text.size() + 64 + static_cast<std::size_t>(r.max_new_tokens);
+  for (std::size_t steps = 0; engine.has_work(); ++steps) {
+    REQUIRE(steps < bound);
     engine.step();
     const std::string broken = engine.check_kv_invariants();
     INFO(broken);
@@ -96,4 +105,24 @@ TEST_CASE("a pool too small for the policy's admissions still finishes every req
     INFO(settings);
     CHECK(run_engine(model, settings, reqs) == reference);
   }
+}
+
+TEST_CASE("prefill-first + lru under preemption readmits without a livelock", "[engine][kv]") {
+  CHUNKWISE_REQUIRE_MODEL(model);
+  // Two documents of bench/workloads/shared_prefix.jsonl, 24 questions, 800 output tokens, in 75
+  // blocks: decodes outgrow the pool, requests are preempted and come back over their own cached
+  // blocks. When admission did not count those blocks (pinned, they leave the free pool) nor the
+  // readmitted request's next decode block, one request was readmitted and preempted at every step
+  // with no decode in between, forever (run_engine's step bound catches that).
+  const auto file = std::filesystem::path(CHUNKWISE_TEST_DATA) / ".." / ".." / "bench" / "workloads" /
+                    "shared_prefix.jsonl";
+  std::vector<chunkwise::Request> reqs;
+  for (auto& item : chunkwise::read_workload(file)) {
+    const std::string& id = item.request.label;
+    if (id.rfind("library-", 0) == 0 || id.rfind("chickens-", 0) == 0)
+      reqs.push_back(std::move(item.request));
+  }
+  REQUIRE(reqs.size() == 24);
+  const Outputs reference = run_engine(model, "batching=stall-free prefix_caching=off", reqs);
+  CHECK(run_engine(model, "batching=prefill-first eviction=lru kv_blocks=75", reqs) == reference);
 }
