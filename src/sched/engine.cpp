@@ -14,6 +14,7 @@
 #include "chunkwise/policy/eviction/lru_eviction.hpp"
 #include "chunkwise/policy/eviction/prefix_lifetime_eviction.hpp"
 #include "chunkwise/policy/eviction/priority_eviction.hpp"
+#include "chunkwise/policy/sparse/any_sparse_attention.hpp"
 #include "chunkwise/sched/inference_session.hpp"
 
 namespace chunkwise {
@@ -40,8 +41,9 @@ namespace {
 
 template <class Batching, class Eviction>
 struct SessionImpl final : Engine::Impl {
-  SessionImpl(std::shared_ptr<const Model> model, const SessionConfig& config, Batching b, Eviction e)
-      : s(std::move(model), config, std::move(b), std::move(e)) {}
+  SessionImpl(std::shared_ptr<const Model> model, const SessionConfig& config, Batching b, Eviction e,
+              AnySparseAttention sparse)
+      : s(std::move(model), config, std::move(b), std::move(e), std::move(sparse)) {}
   RequestId submit(Request r) override { return s.submit(std::move(r)); }
   RequestId fork(RequestId parent, SamplingParams sampling, std::string label) override {
     return s.fork(parent, sampling, std::move(label));
@@ -59,7 +61,7 @@ struct SessionImpl final : Engine::Impl {
   std::string check_kv_invariants() const override { return s.kv_cache().check_invariants(); }
   double now() const override { return s.now(); }
 
-  InferenceSession<Batching, Eviction, DenseAttention, PrefixOnlyReuse, AnyBackend> s;
+  InferenceSession<Batching, Eviction, AnySparseAttention, PrefixOnlyReuse, AnyBackend> s;
 };
 
 using ImplPtr = std::unique_ptr<Engine::Impl>;
@@ -71,16 +73,17 @@ ImplPtr with_eviction(const std::shared_ptr<const Model>& model, const EngineCon
   SessionConfig sc = c.session;
   if (budget > 0) sc.max_batch_tokens = budget;
   if (c.eviction == "lru")
-    return std::make_unique<SessionImpl<Batching, LruEviction>>(model, sc, b, LruEviction{});
+    return std::make_unique<SessionImpl<Batching, LruEviction>>(model, sc, b, LruEviction{},
+                                                                make_sparse_policy(c.sparse));
   if (c.eviction == "prefix-lifetime")
-    return std::make_unique<SessionImpl<Batching, PrefixLifetimeEviction>>(model, sc, b,
-                                                                           PrefixLifetimeEviction{});
+    return std::make_unique<SessionImpl<Batching, PrefixLifetimeEviction>>(
+        model, sc, b, PrefixLifetimeEviction{}, make_sparse_policy(c.sparse));
   if (c.eviction == "cost-aware")
-    return std::make_unique<SessionImpl<Batching, CostAwareEviction>>(model, sc, b,
-                                                                      CostAwareEviction{c.half_life_s});
+    return std::make_unique<SessionImpl<Batching, CostAwareEviction>>(
+        model, sc, b, CostAwareEviction{c.half_life_s}, make_sparse_policy(c.sparse));
   if (c.eviction == "priority")
-    return std::make_unique<SessionImpl<Batching, PriorityEviction>>(model, sc, b,
-                                                                     PriorityEviction{c.retention_s});
+    return std::make_unique<SessionImpl<Batching, PriorityEviction>>(
+        model, sc, b, PriorityEviction{c.retention_s}, make_sparse_policy(c.sparse));
   throw Error(ErrorCode::kInvalidArgument,
               "unknown eviction policy '" + c.eviction + "' (lru, prefix-lifetime, cost-aware, priority)");
 }
@@ -145,6 +148,7 @@ void EngineConfig::apply(std::string_view settings) {
       {"batching", [](EngineConfig& c, auto, auto v) { c.batching = v; }},
       {"token_budget", [](EngineConfig& c, auto k, auto v) { c.token_budget = to_int(k, v); }},
       {"eviction", [](EngineConfig& c, auto, auto v) { c.eviction = v; }},
+      {"sparse", [](EngineConfig& c, auto, auto v) { c.sparse = v; }},
       {"retention_s", [](EngineConfig& c, auto k, auto v) { c.retention_s = to_number(k, v); }},
       {"half_life_s", [](EngineConfig& c, auto k, auto v) { c.half_life_s = to_number(k, v); }},
       {"block_size", [](EngineConfig& c, auto k, auto v) { c.session.block_size = to_int(k, v); }},

@@ -28,10 +28,16 @@ TEST_CASE("blocks_needed counts only blocks beyond those already held", "[policy
   CHECK(view.blocks_needed(s, 16) == 1);
 }
 
-TEST_CASE("dense attention selects every causal block", "[policy]") {
+TEST_CASE("dense attention returns the index-free dense mask", "[policy]") {
   AttentionProbe probe;
-  probe.block_size = 64;
+  probe.n_heads = 4;
+  probe.query_begin = 100;
+  probe.query_len = 200;
+  probe.kv_len = 300;
   const BlockMask mask = DenseAttention{}.select(probe);
   CHECK(mask.dense);
-  CHECK(mask.block_size == 64);
+  CHECK(mask.tile == 64);
+  CHECK(mask.first_qtile == 1);
+  CHECK(mask.n_qtiles == 4);
+  CHECK(mask.col_index.empty());
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "chunkwise/core/types.hpp"
+#include "chunkwise/policy/sparse/sparse_selector.hpp"
 
 namespace chunkwise {
 
@@ -19,6 +20,10 @@ struct ForwardBatch {
   std::vector<std::int32_t> pages;
   std::vector<std::int32_t> kv_len;      // [seqs]
   std::vector<std::int32_t> logit_rows;  // rows whose logits are wanted, in output order
+  // Sparse prefill: null for exact attention. Otherwise, in every layer, each sequence with more
+  // than one query row and at least sparse->min_kv_len() keys is probed and attended with the
+  // mask sparse->select() returns (its rows must sit at consecutive positions).
+  SparseSelector* sparse = nullptr;
 
   [[nodiscard]] std::int64_t rows() const { return static_cast<std::int64_t>(tokens.size()); }
   [[nodiscard]] std::int64_t num_seqs() const { return static_cast<std::int64_t>(kv_len.size()); }

@@ -38,10 +38,14 @@ concept EvictionPolicy = requires(P p, const P& cp, BlockId b, const BlockInfo& 
   { cp.num_candidates() } -> std::convertible_to<std::size_t>;
 };
 
-// Which key blocks each query block attends to during prefill.
+// Which key tiles each query tile attends to during prefill: a mask per chunk, from a probe of
+// the chunk's queries and every key before it. tile() is the tile size of its masks (64 or 128);
+// chunks with fewer than min_kv_len() keys are attended densely without asking.
 template <class P>
-concept SparsePolicy = requires(P p, const AttentionProbe& probe) {
+concept SparsePolicy = requires(P p, const P& cp, const AttentionProbe& probe) {
   { p.select(probe) } -> std::same_as<BlockMask>;
+  { cp.tile() } -> std::convertible_to<int>;
+  { cp.min_kv_len() } -> std::convertible_to<int>;
 };
 
 // How a prompt made of known chunks gets its KV.

@@ -1,6 +1,7 @@
 // Engine: InferenceSession with its policies chosen at run time, for the CLI, benchmarks and
 // services that pick policies at start-up. A registry holds every stock combination of
-// batching x eviction policy (sparse and reuse are fixed to their defaults for now); each is
+// batching x eviction policy, with the sparse policy made by name (make_sparse_policy; reuse is
+// fixed to its default for now); each is
 // an InferenceSession instantiated once in src/sched/engine.cpp behind a small virtual
 // interface, so the per-step cost of the indirection is one virtual call. The device comes from
 // config.session.backend (null: the CPU reference; cuda::backend_provider() for the GPU).
@@ -25,6 +26,7 @@ struct EngineConfig {
   std::string eviction = "lru";         // lru | prefix-lifetime | cost-aware | priority
   double retention_s = 60.0;            // priority eviction: how long a priority holds after last use
   double half_life_s = 60.0;            // cost-aware eviction: decay of the reuse frequency
+  std::string sparse = "dense";         // a make_sparse_policy() spec, e.g. "flex-prefill:gamma=0.95"
   SessionConfig session;
 
   // Applies "key=value" pairs separated by spaces, e.g. "batching=stall-free token_budget=512

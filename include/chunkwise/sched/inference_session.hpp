@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <type_traits>
 #include <deque>
 #include <memory>
 #include <string>
@@ -24,6 +25,7 @@
 #include "chunkwise/policy/eviction/lru_eviction.hpp"
 #include "chunkwise/policy/reuse/prefix_only_reuse.hpp"
 #include "chunkwise/policy/sparse/dense_attention.hpp"
+#include "chunkwise/policy/sparse/sparse_selector.hpp"
 #include "chunkwise/sched/request.hpp"
 #include "chunkwise/sched/session_config.hpp"
 #include "chunkwise/sched/session_metrics.hpp"
@@ -235,6 +237,12 @@ class InferenceSession {
       return result;
     }
 
+    if constexpr (!std::is_same_v<Sparse, DenseAttention>) {
+      // Only steps with a chunk long enough to probe pay for the sparse path.
+      for (std::size_t i = 0; i + 1 < batch.query_start.size(); ++i)
+        if (batch.query_start[i + 1] - batch.query_start[i] > 1 && batch.kv_len[i] >= sparse_.min_kv_len())
+          batch.sparse = &sparse_;
+    }
     const double t0 = now();
     next_tokens_.resize(sampled.size());
     if constexpr (SamplingBackend<BackendT>) {  // only token ids leave the device
@@ -283,6 +291,7 @@ class InferenceSession {
     metrics_.decode_tokens += result.decode_rows;
     metrics_.prefill_tokens += result.prefill_rows;
     metrics_.forward_s += result.seconds;
+    metrics_.sparse = sparse_.stats();
     const double share = result.rows > 0 ? static_cast<double>(result.prefill_rows) / result.rows : 0.0;
     metrics_.prefill_s += result.seconds * share;
     metrics_.decode_s += result.seconds * (1.0 - share);
@@ -498,7 +507,7 @@ class InferenceSession {
   std::shared_ptr<const Model> model_;
   SessionConfig config_;
   Batching batching_;
-  [[no_unique_address]] Sparse sparse_;
+  PolicySelector<Sparse> sparse_;
   [[no_unique_address]] Reuse reuse_;
   BackendT backend_;
   KvCache<Eviction> kv_;  // after backend_: its transfers call into it

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "chunkwise/kv/kv_types.hpp"
+#include "chunkwise/policy/sparse/sparse_selector.hpp"
 
 namespace chunkwise {
 
@@ -27,6 +28,7 @@ struct SessionMetrics {
   std::int64_t preemptions = 0;       // all preemptions
   std::int64_t swap_preemptions = 0;  // of which swapped to host RAM
   std::int64_t requests_cancelled = 0;
+  SparseStats sparse;  // masks of the sparse policy (zero with dense attention)
 };
 
 // What one step did.

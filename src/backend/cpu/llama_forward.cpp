@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "chunkwise/backend/cpu/cpu_backend.hpp"
 #include "chunkwise/backend/cpu/ops.hpp"
@@ -15,6 +17,48 @@ namespace chunkwise {
 namespace {
 void ensure(std::vector<float>& buf, std::int64_t n) {
   if (static_cast<std::int64_t>(buf.size()) < n) buf.resize(static_cast<std::size_t>(n));
+}
+
+// Whether sequence s is probed by the batch's sparse selector: more than one query row and at least
+// min_kv_len keys. Such a sequence's rows must be one chunk: consecutive positions ending at kv_len - 1.
+bool probed(const ForwardBatch& b, std::size_t s, int min_kv_len) {
+  const std::int32_t n = b.query_start[s + 1] - b.query_start[s];
+  return n > 1 && b.kv_len[s] >= min_kv_len;
+}
+
+void check_sparse_chunks(const ForwardBatch& b) {
+  const int min_kv_len = b.sparse->min_kv_len();
+  for (std::size_t s = 0; s < b.kv_len.size(); ++s) {
+    if (!probed(b, s, min_kv_len)) continue;
+    const std::int32_t r0 = b.query_start[s], n = b.query_start[s + 1] - r0;
+    for (std::int32_t i = 0; i < n; ++i) {
+      if (b.positions[static_cast<std::size_t>(r0 + i)] != b.kv_len[s] - n + i) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    "sparse attention: the rows of sequence " + std::to_string(s) +
+                        " are not one chunk at consecutive positions ending at kv_len - 1 = " +
+                        std::to_string(b.kv_len[s] - 1));
+      }
+    }
+  }
+}
+
+// Dense paged attention for the sequences [s0, s1) of the batch alone (their rows are contiguous).
+void dense_run(const ForwardBatch& b, std::size_t s0, std::size_t s1, const cpu::PagedKv& cache, int n_heads,
+               float scale, std::int64_t row_floats, const float* q, float* out) {
+  if (s1 <= s0) return;
+  const std::int32_t q0 = b.query_start[s0], p0 = b.page_start[s0];
+  std::vector<std::int32_t> query_start, page_start;
+  for (std::size_t s = s0; s <= s1; ++s) {
+    query_start.push_back(b.query_start[s] - q0);
+    page_start.push_back(b.page_start[s] - p0);
+  }
+  const auto rows = static_cast<std::size_t>(query_start.back());
+  const cpu::AttentionBatch ab{
+      query_start, page_start,
+      std::span(b.pages).subspan(static_cast<std::size_t>(p0), static_cast<std::size_t>(page_start.back())),
+      std::span(b.kv_len).subspan(s0, s1 - s0),
+      std::span(b.positions).subspan(static_cast<std::size_t>(q0), rows)};
+  cpu::paged_attention(q + q0 * row_floats, cache, ab, n_heads, scale, out + q0 * row_floats);
 }
 }  // namespace
 
@@ -80,6 +124,50 @@ void CpuBackend::load_block(BlockId dst, std::span<const std::byte> src) {
     }
 }
 
+void CpuBackend::sparse_layer_attention(const ForwardBatch& b, int layer, const cpu::PagedKv& cache,
+                                        float scale) {
+  const ModelConfig& c = model_->config();
+  const std::int64_t Q = c.q_dim(), KV = c.kv_dim();
+  const int min_kv_len = b.sparse->min_kv_len();
+  const std::size_t n_seq = b.kv_len.size();
+  std::size_t run_begin = 0;  // first sequence of the current run of dense ones
+  for (std::size_t s = 0; s < n_seq; ++s) {
+    if (!probed(b, s, min_kv_len)) continue;
+    const std::int32_t r0 = b.query_start[s], n = b.query_start[s + 1] - r0, kv_len = b.kv_len[s];
+    const auto pages =
+        std::span(b.pages).subspan(static_cast<std::size_t>(b.page_start[s]),
+                                   static_cast<std::size_t>(b.page_start[s + 1] - b.page_start[s]));
+    // The chunk's keys, contiguous: whole blocks at a time.
+    ensure(probe_k_, static_cast<std::int64_t>(kv_len) * KV);
+    for (std::int32_t p = 0; p < kv_len; p += block_size_) {
+      const std::int64_t len = std::min(block_size_, kv_len - p);
+      const float* src =
+          cache.k +
+          static_cast<std::int64_t>(pages[static_cast<std::size_t>(p / block_size_)]) * cache.block_stride();
+      std::copy(src, src + len * KV, probe_k_.data() + static_cast<std::int64_t>(p) * KV);
+    }
+    AttentionProbe probe;
+    probe.layer = layer;
+    probe.n_layers = c.n_layers;
+    probe.n_heads = c.n_heads;
+    probe.n_kv_heads = c.n_kv_heads;
+    probe.head_dim = c.head_dim;
+    probe.query_begin = kv_len - n;
+    probe.query_len = n;
+    probe.kv_len = kv_len;
+    probe.scale = scale;
+    probe.q = q_.data() + r0 * Q;
+    probe.k = probe_k_.data();
+    const BlockMask mask = b.sparse->select(probe);
+    if (mask.dense) continue;  // stays in the dense run
+    dense_run(b, run_begin, s, cache, c.n_heads, scale, Q, q_.data(), attn_.data());
+    cpu::sparse_attention(q_.data() + r0 * Q, cache, pages, kv_len - n, n, mask, c.n_heads, scale,
+                          attn_.data() + r0 * Q);
+    run_begin = s + 1;
+  }
+  dense_run(b, run_begin, n_seq, cache, c.n_heads, scale, Q, q_.data(), attn_.data());
+}
+
 void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
   validate(b, logits.size(), model_->config().vocab, num_blocks_, block_size_);
   const ModelConfig& c = model_->config();
@@ -89,6 +177,8 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
   const std::int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn;
   ensure(x_, T * H), ensure(h_, T * H), ensure(q_, T * Q), ensure(k_, T * KV), ensure(v_, T * KV);
   ensure(attn_, T * Q), ensure(o_, T * H), ensure(gate_, T * F), ensure(up_, T * F);
+
+  if (b.sparse != nullptr) check_sparse_chunks(b);
 
   cpu::embed(w.token_embedding.data.data(), w.token_embedding.rows, H, b.tokens.data(), T, x_.data());
   const cpu::AttentionBatch ab{b.query_start, b.page_start, b.pages, b.kv_len, b.positions};
@@ -106,7 +196,11 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
                              v_cache_[static_cast<std::size_t>(l)].data(), block_size_, c.n_kv_heads,
                              c.head_dim};
     cpu::write_kv(cache, k_.data(), v_.data(), b.slots.data(), T);
-    cpu::paged_attention(q_.data(), cache, ab, c.n_heads, scale, attn_.data());
+    if (b.sparse == nullptr) {
+      cpu::paged_attention(q_.data(), cache, ab, c.n_heads, scale, attn_.data());
+    } else {
+      sparse_layer_attention(b, l, cache, scale);
+    }
     cpu::matmul_nt(attn_.data(), T, Q, L.wo.data.data(), H, o_.data());
     for (std::int64_t i = 0; i < T * H; ++i) x_[i] += o_[i];
 

@@ -1,21 +1,12 @@
 // Thread control and the linear layer y = x * w^T.
 
-// GCC 12 with AVX-512 reports -W(maybe-)uninitialized inside Eigen's GEMM packing
-// (_mm512_unpacklo_ps on the deliberately undefined register of _mm512_undefined_ps), a false
-// positive reported at the point of instantiation, so it is silenced for this file, before any
-// header pulls in the intrinsics.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
 #include <omp.h>
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <atomic>
 #include <string>
 
+#include "../../detail/eigen_core.hpp"  // first: see there
 #include "chunkwise/backend/cpu/ops.hpp"
 #include "chunkwise/core/error.hpp"
 #include "ops_detail.hpp"

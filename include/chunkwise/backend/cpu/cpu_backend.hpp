@@ -11,6 +11,10 @@
 
 namespace chunkwise {
 
+namespace cpu {
+struct PagedKv;
+}  // namespace cpu
+
 class CpuBackend {
  public:
   // Allocates num_blocks KV blocks of block_size tokens for every layer.
@@ -36,6 +40,9 @@ class CpuBackend {
  private:
   [[nodiscard]] std::size_t block_floats() const;
   void check_block(BlockId b) const;
+  // One layer's attention when batch.sparse is set: probed chunks with a sparse mask through
+  // cpu::sparse_attention, every other sequence through cpu::paged_attention.
+  void sparse_layer_attention(const ForwardBatch& batch, int layer, const cpu::PagedKv& cache, float scale);
 
   std::shared_ptr<const Model> model_;
   int num_blocks_;
@@ -45,6 +52,7 @@ class CpuBackend {
   std::vector<std::vector<float>> v_cache_;
   // Activations, reused across steps so a decode step does not allocate.
   std::vector<float> x_, h_, q_, k_, v_, attn_, o_, gate_, up_;
+  std::vector<float> probe_k_;  // a probed chunk's keys, contiguous [kv_len, n_kv_heads, head_dim]
 };
 
 }  // namespace chunkwise

@@ -9,6 +9,10 @@
 #include "chunkwise/core/types.hpp"
 #include "chunkwise/model/config.hpp"
 
+namespace chunkwise {
+struct BlockMask;
+}  // namespace chunkwise
+
 namespace chunkwise::cpu {
 
 // Sets the number of threads Eigen and the ops use (0 = all cores).
@@ -68,5 +72,16 @@ struct AttentionBatch {
 // n_heads / n_kv_heads query heads per KV head; softmax(q.k * scale) v.
 void paged_attention(const float* q, const PagedKv& cache, const AttentionBatch& batch, int n_heads,
                      float scale, float* out);
+
+// Block-sparse attention for one sequence's prefill chunk: query rows r = 0 .. query_len - 1 at
+// positions query_begin + r (q and out [query_len, n_heads, head_dim]) over the cache positions
+// 0 .. query_begin + query_len - 1 held in `pages`. The row at position p of query tile t and head
+// h attends, with one softmax, to the keys of the mask row's kept tiles (only those <= p) and to its
+// extra columns; a row with no kept key gets zeros. mask.dense is exactly paged_attention. Throws
+// Error(kInvalidArgument) when the mask is not valid for the chunk (validate(mask, probe)) or the
+// pages do not cover the keys.
+void sparse_attention(const float* q, const PagedKv& cache, std::span<const std::int32_t> pages,
+                      int query_begin, int query_len, const BlockMask& mask, int n_heads, float scale,
+                      float* out);
 
 }  // namespace chunkwise::cpu

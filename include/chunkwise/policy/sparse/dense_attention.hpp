@@ -1,17 +1,16 @@
-// Exact attention: every query block sees every causal key block.
+// Exact attention: every query tile sees every causal key tile, with no index and no probe.
 #pragma once
+
+#include <limits>
 
 #include "chunkwise/policy/sparse/block_mask.hpp"
 
 namespace chunkwise {
 
 struct DenseAttention {
-  BlockMask select(const AttentionProbe& probe) const {
-    BlockMask m;
-    m.dense = true;
-    m.block_size = probe.block_size;
-    return m;
-  }
+  [[nodiscard]] int tile() const { return 64; }
+  [[nodiscard]] int min_kv_len() const { return std::numeric_limits<int>::max(); }
+  [[nodiscard]] BlockMask select(const AttentionProbe& probe) const { return dense_mask(probe, tile()); }
 };
 
 }  // namespace chunkwise
