@@ -67,7 +67,7 @@ int cmd_batch(const std::vector<std::string>& argv) {
   std::set<std::string> options = kCommonOptions;
   options.insert({"workload", "out", "stats-json", "show", "max-batch-tokens", "max-seqs", "batching",
                   "token-budget", "eviction", "retention-s", "half-life-s", "poisson-rate", "arrival-seed",
-                  "slo-ttft", "slo-tbt"});
+                  "slo-ttft", "slo-tbt", "sparse"});
   const Args args(argv, options, {"no-progress"});
   std::vector<WorkloadItem> items = read_workload(args.required("workload"));
   const long long show = args.integer("show", 3);
@@ -92,6 +92,7 @@ int cmd_batch(const std::vector<std::string>& argv) {
         "--token-budget must be in [0, 2^20]");
   ec.token_budget = static_cast<int>(budget);
   ec.eviction = args.str("eviction", ec.eviction);
+  ec.sparse = args.str("sparse", ec.sparse);
   ec.retention_s = args.number("retention-s", ec.retention_s);
   ec.half_life_s = args.number("half-life-s", ec.half_life_s);
   // Time zero (arrivals, TTFT, wall) is when the engine is ready: loading the model and putting its
@@ -224,6 +225,11 @@ int cmd_batch(const std::vector<std::string>& argv) {
                    {"steps", m.steps},
                    {"preemptions", m.preemptions},
                    {"slo", slo},
+                   {"sparse",
+                    {{"masks", m.sparse.selections},
+                     {"dense_fallbacks", m.sparse.dense_fallbacks},
+                     {"density", m.sparse.density()},
+                     {"mask_building_s", m.sparse.select_s}}},
                    {"kv",
                     {{"block_size", config.block_size},
                      {"total_blocks", m.kv_blocks_total},
@@ -247,7 +253,7 @@ int cmd_batch(const std::vector<std::string>& argv) {
                     {{"batching", ec.batching},
                      {"token_budget", session.config().token_budget},
                      {"eviction", ec.eviction},
-                     {"sparse", "dense"},
+                     {"sparse", ec.sparse},
                      {"reuse", "prefix-only"}}},
                    {"model", model->source()},
                    {"device", ec.session.backend ? ec.session.backend->name() : "cpu"}};
@@ -297,6 +303,11 @@ int cmd_batch(const std::vector<std::string>& argv) {
   std::printf("%-28s %lld (%lld swapped), %lld tokens recomputed\n", "preemptions",
               static_cast<long long>(m.preemptions), static_cast<long long>(m.swap_preemptions),
               static_cast<long long>(m.recomputed_tokens));
+  if (m.sparse.selections > 0)
+    std::printf("%-28s %s: density %.3f over %lld masks (%lld dense), mask building %.2f s\n",
+                "sparse attention", ec.sparse.c_str(), m.sparse.density(),
+                static_cast<long long>(m.sparse.selections), static_cast<long long>(m.sparse.dense_fallbacks),
+                m.sparse.select_s);
   return errors == 0 ? 0 : 3;
 }
 

@@ -1,5 +1,6 @@
 #include <cstdio>
 
+#include "chunkwise/policy/sparse/any_sparse_attention.hpp"
 #include "chunkwise/sched/inference_session.hpp"
 #include "commands.hpp"
 
@@ -7,7 +8,7 @@ namespace chunkwise::cli {
 
 int cmd_run(const std::vector<std::string>& argv) {
   std::set<std::string> options = kCommonOptions;
-  options.insert({"prompt", "max-tokens", "temperature", "top-k", "top-p", "seed"});
+  options.insert({"prompt", "max-tokens", "temperature", "top-k", "top-p", "seed", "sparse"});
   const Args args(argv, options, {"chat"});
   Request r;
   r.prompt_text = args.required("prompt");
@@ -20,9 +21,10 @@ int cmd_run(const std::vector<std::string>& argv) {
   check(seed >= 0, ErrorCode::kInvalidArgument, "--seed must be >= 0");
   r.sampling.seed = static_cast<std::uint64_t>(seed);
 
+  AnySparseAttention sparse = make_sparse_policy(args.str("sparse", "dense"));
   auto model = load_model_from_args(args);
-  InferenceSession<StallFreeBatching, LruEviction, DenseAttention, PrefixOnlyReuse, AnyBackend> session(
-      model, session_config_from_args(args));
+  InferenceSession<StallFreeBatching, LruEviction, AnySparseAttention, PrefixOnlyReuse, AnyBackend> session(
+      model, session_config_from_args(args), StallFreeBatching{}, LruEviction{}, std::move(sparse));
   session.submit(std::move(r));
   while (session.has_work()) session.step();
   for (const FinishedRequest& f : session.take_finished()) {
@@ -31,6 +33,10 @@ int cmd_run(const std::vector<std::string>& argv) {
                  f.prompt_tokens.size(), f.output_tokens.size(), to_string(f.reason), f.timings.ttft(),
                  f.timings.finished_s - f.timings.submitted_s);
   }
+  if (const SparseStats& st = session.metrics().sparse; st.selections > 0)
+    std::fprintf(stderr, "[sparse: density %.3f over %lld masks (%lld dense), mask building %.3f s]\n",
+                 st.density(), static_cast<long long>(st.selections),
+                 static_cast<long long>(st.dense_fallbacks), st.select_s);
   return 0;
 }
 

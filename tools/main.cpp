@@ -21,14 +21,26 @@ constexpr const char* kUsage = R"(usage: chunkwise <command> [options]
 
 commands:
   run     --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+          [--sparse SPEC]
   batch   --workload FILE.jsonl [--out results.jsonl] [--stats-json FILE] [--show N] [--no-progress]
           [--max-batch-tokens N] [--max-seqs N]
           [--batching prefill-first|stall-free|prefix-grouped|packed] [--token-budget N]
           [--eviction lru|prefix-lifetime|cost-aware|priority] [--retention-s S] [--half-life-s S]
-          [--poisson-rate R] [--arrival-seed N] [--slo-ttft S] [--slo-tbt S]
-  logits  --text TEXT --out FILE.npy [--chat]
+          [--poisson-rate R] [--arrival-seed N] [--slo-ttft S] [--slo-tbt S] [--sparse SPEC]
+  logits  --text TEXT --out FILE.npy [--chat] [--sparse SPEC] [--chunk N]
   make-model --shape llama3-8b|llama3-1b|smollm2-135m|tiny --out DIR [--seed N] [--dtype bf16|f16|f32]
           [--force] [--with-eos] [--shard-mb N] [--threads N]   (random weights, safetensors folder)
+  tune-sparse --out FILE.json [--text-file FILE] [--tokens N] [--budget B] [--min-recall R]
+          (per-head vertical-slash sizes from one forward pass over a calibration text; default text
+          bench/sparse/calibration.txt, 8000 tokens, budget 1024 tokens per query row)
+  eval-sparse [--policies "SPEC;SPEC;..."] [--lengths 2048,4096,8192] [--depths 0.1,...] [--samples N]
+          [--tasks passkey,needle] [--haystack FILE] [--fidelity-rows N] [--repeat N] [--prefill-chunk N]
+          [--out-json FILE] [--no-retrieval] [--no-fidelity]   (quality and cost of sparse prefill)
+
+sparse prefill (--sparse SPEC, default dense): NAME[:key=value,...] with NAME one of
+  dense, streaming (sink, window), vertical-slash (config=FILE, vertical, slash, last_queries),
+  block-topk (top_k), flex-prefill (gamma, tau, min_budget, max_budget); every policy also takes
+  tile=64|128, min_kv_len=N (shorter chunks stay dense) and dense_layers=L1/L2/...
 
 common options:
   --model PATH        GGUF file or safetensors folder (default: the model fetched by scripts/setup)
@@ -68,7 +80,8 @@ std::shared_ptr<const BackendProvider> backend_from_args(const Args& args) {
         "--device " + device + ": " + std::to_string(visible) + " CUDA device(s) visible");
   return cuda::backend_provider(index, precision == "fp16" ? cuda::DType::kF16 : cuda::DType::kBF16);
 #else
-  throw Error(ErrorCode::kUnsupported, "--device " + device + ": this build has no CUDA backend; use --device cpu");
+  throw Error(ErrorCode::kUnsupported,
+              "--device " + device + ": this build has no CUDA backend; use --device cpu");
 #endif
 }
 
@@ -131,6 +144,8 @@ int main(int argc, char** argv) {
     if (cmd == "batch") return cmd_batch(rest);
     if (cmd == "logits") return cmd_logits(rest);
     if (cmd == "make-model") return cmd_make_model(rest);
+    if (cmd == "tune-sparse") return cmd_tune_sparse(rest);
+    if (cmd == "eval-sparse") return cmd_eval_sparse(rest);
     std::fprintf(stderr, "chunkwise: error: unknown command '%s'\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const chunkwise::Error& e) {

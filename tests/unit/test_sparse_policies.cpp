@@ -298,3 +298,22 @@ TEST_CASE("attention recall is 1 for everything, lower for less, and exact on a 
   const std::vector<int> last{255};
   CHECK(detail::attention_recall(d.probe, diag, 0, last) == Approx(64.0 / 256.0));
 }
+
+TEST_CASE("stock policies describe themselves as data; dense and custom ones do not", "[sparse]") {
+  PolicySelector<AnySparseAttention> flex(make_sparse_policy("flex-prefill:gamma=0.95"));
+  REQUIRE(flex.pattern() != nullptr);
+  REQUIRE(std::holds_alternative<FlexPrefillAttentionParams>(*flex.pattern()));
+  CHECK(std::get<FlexPrefillAttentionParams>(*flex.pattern()).gamma == 0.95);
+  PolicySelector<StreamingAttention> streaming(StreamingAttention{});
+  REQUIRE(streaming.pattern() != nullptr);
+  CHECK(std::get<StreamingAttentionParams>(*streaming.pattern()).window == 1024);
+  PolicySelector<AnySparseAttention> dense(make_sparse_policy("dense"));
+  CHECK(dense.pattern() == nullptr);
+  // A mask a backend built itself from the pattern is counted like one select() returned.
+  ProbeData d(0, 1024);
+  const BlockMask m = StreamingAttention(StreamingAttentionParams{64, 64, 64, no_fallback()}).select(d.probe);
+  streaming.record(m, 0.5);
+  CHECK(streaming.stats().selections == 1);
+  CHECK(streaming.stats().select_s == 0.5);
+  CHECK(streaming.stats().density() == Approx(mask_cost(m).density()));
+}

@@ -3,11 +3,13 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "chunkwise/policy/concepts.hpp"
+#include "chunkwise/policy/sparse/sparse_pattern.hpp"
 
 namespace chunkwise {
 
@@ -21,6 +23,8 @@ class AnySparseAttention {
   [[nodiscard]] int min_kv_len() const { return impl_->min_kv_len(); }
   [[nodiscard]] BlockMask select(const AttentionProbe& probe) { return impl_->select(probe); }
   [[nodiscard]] const std::string& name() const { return name_; }
+  // The wrapped policy's pattern (sparse_pattern.hpp), nullopt for a policy without one.
+  [[nodiscard]] std::optional<SparsePattern> pattern() const { return impl_->pattern(); }
 
  private:
   struct Concept {
@@ -28,6 +32,7 @@ class AnySparseAttention {
     [[nodiscard]] virtual int tile() const = 0;
     [[nodiscard]] virtual int min_kv_len() const = 0;
     virtual BlockMask select(const AttentionProbe& probe) = 0;
+    [[nodiscard]] virtual std::optional<SparsePattern> pattern() const = 0;
   };
   template <class P>
   struct Model final : Concept {
@@ -35,6 +40,10 @@ class AnySparseAttention {
     [[nodiscard]] int tile() const override { return policy.tile(); }
     [[nodiscard]] int min_kv_len() const override { return policy.min_kv_len(); }
     BlockMask select(const AttentionProbe& probe) override { return policy.select(probe); }
+    [[nodiscard]] std::optional<SparsePattern> pattern() const override {
+      if constexpr (DescribedSparsePolicy<P>) return SparsePattern(policy.pattern());
+      return std::nullopt;
+    }
     P policy;
   };
   std::shared_ptr<Concept> impl_;

@@ -20,6 +20,7 @@ class BlockTopKAttention : public detail::SparsePolicyBase<BlockTopKAttentionPar
   BlockTopKAttention() : BlockTopKAttention(Params{}) {}
   explicit BlockTopKAttention(Params params);
   [[nodiscard]] BlockMask select(const AttentionProbe& probe) const;
+  [[nodiscard]] const Params& pattern() const { return p_; }  // see sparse_pattern.hpp
 };
 
 }  // namespace chunkwise

@@ -25,6 +25,7 @@ class FlexPrefillAttention : public detail::SparsePolicyBase<FlexPrefillAttentio
   FlexPrefillAttention() : FlexPrefillAttention(Params{}) {}
   explicit FlexPrefillAttention(Params params);
   [[nodiscard]] BlockMask select(const AttentionProbe& probe) const;
+  [[nodiscard]] const Params& pattern() const { return p_; }  // see sparse_pattern.hpp
 };
 
 }  // namespace chunkwise

@@ -20,6 +20,7 @@ class StreamingAttention : public detail::SparsePolicyBase<StreamingAttentionPar
   StreamingAttention() : StreamingAttention(Params{}) {}
   explicit StreamingAttention(Params params);
   [[nodiscard]] BlockMask select(const AttentionProbe& probe) const;
+  [[nodiscard]] const Params& pattern() const { return p_; }  // see sparse_pattern.hpp
 };
 
 }  // namespace chunkwise

@@ -52,6 +52,7 @@ class VerticalSlashAttention : public detail::SparsePolicyBase<VerticalSlashAtte
   VerticalSlashAttention() : VerticalSlashAttention(Params{}) {}
   explicit VerticalSlashAttention(Params params);
   [[nodiscard]] BlockMask select(const AttentionProbe& probe) const;
+  [[nodiscard]] const Params& pattern() const { return p_; }  // see sparse_pattern.hpp
 };
 
 }  // namespace chunkwise

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `chunkwise tune-sparse`: bad options give one error line and a non-zero exit; a short search writes
+# a vertical-slash config (some heads dense under --min-recall) that `logits --sparse` accepts.
+set -uo pipefail
+cli=$1
+root=$2
+model=${CHUNKWISE_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/chunkwise/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+[[ -f "$model" ]] || { echo "skipped: the default model is not at $model"; exit 77; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+
+check_one() {  # name, expected fragment, args...
+  local name=$1 fragment=$2; shift 2
+  "$cli" tune-sparse --model "$model" "$@" >"$tmp/out" 2>"$tmp/err"
+  local rc=$?
+  if [[ $rc == 0 || $rc -ge 128 ]] || [[ $(wc -l <"$tmp/err") != 1 ]] ||
+      ! grep -q "^chunkwise: error: .*$fragment" "$tmp/err"; then
+    echo "FAIL $name: rc=$rc"; cat "$tmp/err"; fail=1
+  else
+    echo "ok   $name: $(head -1 "$tmp/err")"
+  fi
+}
+check_one "no --out" "--out is required"
+check_one "zero budget" "--budget" --out "$tmp/x.json" --budget 0
+check_one "budget not a number" "--budget" --out "$tmp/x.json" --budget many
+check_one "min-recall above 1" "--min-recall" --out "$tmp/x.json" --min-recall 1.5
+check_one "too few tokens" "--tokens" --out "$tmp/x.json" --tokens 10
+check_one "past the context" "context" --out "$tmp/x.json" --tokens 1000000
+check_one "missing text file" "--text-file" --out "$tmp/x.json" --text-file "$tmp/none.txt"
+check_one "unknown option" "unknown option" --out "$tmp/x.json" --bogus 1
+printf 'A short text.\n' >"$tmp/short.txt"
+check_one "text too short" "tokens" --out "$tmp/x.json" --text-file "$tmp/short.txt" --tokens 1500
+[[ -e "$tmp/x.json" ]] && { echo "FAIL: a failed run wrote its --out file"; fail=1; }
+
+# A short search: 1500 tokens of the shipped calibration text, budget 256 tokens per row.
+if ! "$cli" tune-sparse --model "$model" --tokens 1500 --budget 256 --min-recall 0.9 --out "$tmp/vs.json" \
+    >"$tmp/tune.out" 2>&1; then
+  echo "FAIL search: exit code $?"; cat "$tmp/tune.out"; fail=1
+else
+  grep -E "^  (per-head winners|fixed)|^winners" "$tmp/tune.out"
+  python3 - "$tmp/vs.json" <<'PY' || fail=1
+import json, sys
+c = json.load(open(sys.argv[1]))
+assert c["format"] == "chunkwise-vertical-slash/1", c["format"]
+assert c["model"], "no model name"
+candidates = [[8, 248], [64, 192], [128, 128], [192, 64], [248, 8]]
+heads = [h for layer in c["heads"] for h in layer]
+assert c["heads"] and all(len(layer) == len(c["heads"][0]) > 0 for layer in c["heads"]), "uneven layers"
+assert all(h == "dense" or h in candidates for h in heads), heads
+assert c["default"] == "dense" or c["default"] in candidates, c["default"]
+dense = sum(h == "dense" for h in heads)
+assert 0 < dense < len(heads), f"{dense} dense heads of {len(heads)} under --min-recall 0.9"
+print(f"ok   search: {len(heads)} heads, {dense} dense, default {c['default']}")
+PY
+  # The config drives the sparse prefill.
+  if ! "$cli" logits --model "$model" --sparse "vertical-slash:config=$tmp/vs.json,min_kv_len=0" \
+      --text "$(head -c 1500 "$root/bench/sparse/calibration.txt")" --out "$tmp/l.npy" >"$tmp/logits.out" 2>&1 ||
+      ! grep -q "^sparse vertical-slash: density" "$tmp/logits.out"; then
+    echo "FAIL logits with the config"; cat "$tmp/logits.out"; fail=1
+  else
+    echo "ok   logits: $(grep '^sparse' "$tmp/logits.out")"
+  fi
+fi
+exit $fail
