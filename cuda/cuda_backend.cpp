@@ -4,11 +4,22 @@
 // finally the norm and LM head on the rows whose logits are wanted, copied to the host. The
 // storage type (bf16 or fp16) is a template parameter of the weights, the KV cache, the 16-bit
 // activations and the forward pass, chosen once at construction.
+//
+// Sparse prefill (ForwardBatch::sparse): the step is planned with the selector's tile when some
+// sequence qualifies (more than one query row, kv_len >= min_kv_len()). In every layer, after the
+// KV write, the probe of each qualifying sequence (its post-RoPE queries and all its keys, widened
+// to fp32 on the device: convert() and gather_paged_f32()) comes to pinned host memory in one copy,
+// the stream is synchronised, select() runs on the host, and the masks of the batch are assembled
+// into one BlockSparseMaskView uploaded in one async copy before that layer's attention. A layer
+// whose masks are all dense runs the planned attention without a mask (dense causal over the same
+// tile-aligned work list). Without a selector the step is exactly the dense one.
 #include "chunkwise/cuda/cuda_backend.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <string>
 #include <variant>
@@ -20,6 +31,7 @@
 #include "chunkwise/cuda/common.hpp"
 #include "chunkwise/cuda/gemm.hpp"
 #include "chunkwise/cuda/ops.hpp"
+#include "chunkwise/policy/sparse/block_mask.hpp"
 
 namespace chunkwise::cuda {
 
@@ -94,6 +106,8 @@ class PinnedBytes {
     }
     return p_;
   }
+  [[nodiscard]] std::byte* get() const { return p_; }
+  [[nodiscard]] std::size_t capacity() const { return n_; }
 
  private:
   std::byte* p_ = nullptr;
@@ -132,6 +146,49 @@ class MetadataPack {
   std::size_t size_ = 0;
 };
 
+// A grow-only capacity for `need`: at least half again the current one, so that a prompt growing
+// chunk by chunk does not reallocate at every step.
+std::size_t grown(std::size_t need, std::size_t current) {
+  return need > current ? std::max(need, current + current / 2) : current;
+}
+
+std::size_t align_floats(std::size_t n) {
+  return (n + 63) / 64 * 64;
+}
+
+[[noreturn]] void bad_mask(const std::string& what) {
+  throw Error(ErrorCode::kInvalidArgument, "CUDA backend: sparse mask " + what);
+}
+
+// CSR offsets of `rows` rows over `entries` entries: rows + 1 of them, from 0, not decreasing.
+void check_offsets(const std::vector<std::int32_t>& ptr, std::size_t rows, std::size_t entries,
+                   const char* name) {
+  if (ptr.size() != rows + 1 || ptr.front() != 0 || static_cast<std::size_t>(ptr.back()) != entries)
+    bad_mask(std::string(name) + " must have n_heads * n_qtiles + 1 offsets from 0 to its index size");
+  for (std::size_t r = 0; r < rows; ++r)
+    if (ptr[r + 1] < ptr[r]) bad_mask(std::string(name) + " must not decrease");
+}
+
+// The checks the kernels need to stay in bounds and to read the rows where the plan puts them (the
+// full validation is validate(mask, probe), which PolicySelector runs on every mask it returns).
+void check_mask(const BlockMask& m, const AttentionProbe& p, int tile) {
+  if (m.dense) return;
+  if (m.tile != tile)
+    bad_mask("tile " + std::to_string(m.tile) + " is not the selector's tile " + std::to_string(tile));
+  if (m.n_heads != p.n_heads)
+    bad_mask("has " + std::to_string(m.n_heads) + " heads, the model " + std::to_string(p.n_heads));
+  if (m.first_qtile != first_query_tile(p, tile) || m.n_qtiles != query_tiles(p, tile))
+    bad_mask("query tiles [" + std::to_string(m.first_qtile) + ", +" + std::to_string(m.n_qtiles) +
+             ") do not cover the chunk at positions " + std::to_string(p.query_begin) + ".." +
+             std::to_string(p.kv_len - 1));
+  const auto rows = static_cast<std::size_t>(m.rows());
+  check_offsets(m.row_ptr, rows, m.col_index.size(), "row_ptr");
+  if (m.has_columns())
+    check_offsets(m.column_ptr, rows, m.column_index.size(), "column_ptr");
+  else if (!m.column_index.empty())
+    bad_mask("has column_index without column_ptr");
+}
+
 }  // namespace
 
 struct CudaBackend::Impl {
@@ -155,6 +212,28 @@ struct CudaBackend::Impl {
   DeviceBuffer<std::int32_t> tokens;
   DeviceBuffer<std::byte> sample_ws;
 
+  // Sparse prefill: the qualifying sequences of the step, where their probe sits in the probe
+  // buffers (float offsets: q [query_len, n_heads, head_dim], then k [kv_len, n_kv_heads, head_dim]),
+  // and the per-layer mask, assembled in pinned memory and uploaded in one copy. Grow-only.
+  struct SparseSeq {
+    int seq = 0;
+    int row_begin = 0;
+    int query_begin = 0;
+    int query_len = 0;
+    int kv_len = 0;
+    std::size_t q_off = 0;
+    std::size_t k_off = 0;
+  };
+  std::vector<SparseSeq> sparse_seqs;
+  std::size_t probe_floats = 0;
+  int sparse_tile = 0;
+  DeviceBuffer<float> probe_dev;
+  PinnedBytes probe_host;
+  std::vector<BlockMask> masks;
+  PinnedBytes mask_staging;
+  DeviceBuffer<std::int32_t> mask_dev;
+  BlockSparseMaskView mask_view;
+
   Impl(std::shared_ptr<const Model> m, int nb, int bs, int dev, DType dt)
       : model(std::move(m)),
         num_blocks(nb),
@@ -175,6 +254,15 @@ struct CudaBackend::Impl {
   template <class E>  // E: the storage type (T is the row count there)
   std::vector<std::size_t> run(Storage<E>& s, const ForwardBatch& b, std::size_t logits_size,
                                const std::vector<std::span<const std::byte>>& extra);
+
+  // Finds the sequences of b to probe (sparse_seqs) and sizes the probe buffers; returns the
+  // sparse_tile to plan with (0: none qualifies, or no selector).
+  int plan_sparse(const ForwardBatch& b);
+  // Probes every qualifying sequence in layer l (its K cache already written), asks b.sparse for
+  // the masks and uploads them; null when every mask is dense.
+  template <class E>
+  const BlockSparseMaskView* sparse_mask(Storage<E>& s, const ForwardBatch& b, int l,
+                                         const std::int32_t* d_pages, float scale);
 
   template <class T>
   T* k_cache(Storage<T>& s, int l) {
@@ -256,6 +344,144 @@ std::size_t CudaBackend::kv_bytes_per_block(const ModelConfig& c, int block_size
   return static_cast<std::size_t>(2) * c.n_layers * block_size * c.kv_dim() * sizeof(bf16);
 }
 
+int CudaBackend::Impl::plan_sparse(const ForwardBatch& b) {
+  sparse_seqs.clear();
+  probe_floats = 0;
+  sparse_tile = 0;
+  if (b.sparse == nullptr) return 0;
+  const ModelConfig& c = model->config();
+  const int min_kv = b.sparse->min_kv_len();
+  for (std::int64_t s = 0; s < b.num_seqs(); ++s) {
+    const auto su = static_cast<std::size_t>(s);
+    const std::int32_t r0 = b.query_start[su], r1 = b.query_start[su + 1], kv = b.kv_len[su];
+    if (r1 - r0 <= 1 || kv < min_kv) continue;
+    // One chunk: positions kv - (r1 - r0) .. kv - 1, as the probe and the mask's tiles assume.
+    for (std::int32_t r = r0; r < r1; ++r)
+      if (b.positions[static_cast<std::size_t>(r)] != kv - (r1 - r)) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    "CUDA backend: sparse prefill needs the rows of sequence " + std::to_string(s) +
+                        " at consecutive positions ending at kv_len - 1 = " + std::to_string(kv - 1));
+      }
+    SparseSeq q;
+    q.seq = static_cast<int>(s);
+    q.row_begin = r0;
+    q.query_begin = b.positions[static_cast<std::size_t>(r0)];
+    q.query_len = r1 - r0;
+    q.kv_len = kv;
+    q.q_off = probe_floats;
+    q.k_off =
+        q.q_off + align_floats(static_cast<std::size_t>(q.query_len) * static_cast<std::size_t>(c.q_dim()));
+    probe_floats =
+        q.k_off + align_floats(static_cast<std::size_t>(kv) * static_cast<std::size_t>(c.kv_dim()));
+    sparse_seqs.push_back(q);
+  }
+  if (sparse_seqs.empty()) return 0;
+  sparse_tile = b.sparse->tile();
+  check(sparse_tile == 64 || sparse_tile == 128, ErrorCode::kInvalidArgument,
+        "CUDA backend: sparse tile " + std::to_string(sparse_tile) + " (64 or 128 are supported)");
+  probe_dev.reserve(grown(probe_floats, probe_dev.size()));
+  probe_host.reserve(grown(probe_floats * sizeof(float), probe_host.capacity()));
+  return sparse_tile;
+}
+
+template <class E>
+const BlockSparseMaskView* CudaBackend::Impl::sparse_mask(Storage<E>& s, const ForwardBatch& b, int l,
+                                                          const std::int32_t* d_pages, float scale) {
+  const ModelConfig& c = model->config();
+  const cudaStream_t st = stream;
+  const auto Q = static_cast<std::int64_t>(c.q_dim());
+  // The probe: q exactly as attention reads it (post-RoPE, storage type) and keys 0 .. kv_len - 1
+  // through the sequence's page table, both widened to fp32 (exact), then one copy to the host.
+  for (const SparseSeq& q : sparse_seqs) {
+    convert(s.q.get() + q.row_begin * Q, q.query_len * Q, probe_dev.get() + q.q_off, st);
+    gather_paged_f32(k_cache(s, l), block_size, c.n_kv_heads, c.head_dim,
+                     d_pages + b.page_start[static_cast<std::size_t>(q.seq)], q.kv_len,
+                     probe_dev.get() + q.k_off, st);
+  }
+  check_cuda(cudaMemcpyAsync(probe_host.get(), probe_dev.get(), probe_floats * sizeof(float),
+                             cudaMemcpyDeviceToHost, st),
+             "download sparse probe");
+  // Also orders every earlier use of the mask staging and device buffers (the last layer's upload
+  // and attention) before they are rewritten or grown below.
+  check_cuda(cudaStreamSynchronize(st), "sparse probe");
+  const auto* host = reinterpret_cast<const float*>(probe_host.get());
+
+  masks.clear();
+  bool any_sparse = false;
+  std::size_t n_rows = 0, n_cols = 0, n_columns = 0;
+  bool columns = false;
+  for (const SparseSeq& q : sparse_seqs) {
+    AttentionProbe p;
+    p.layer = l;
+    p.n_layers = c.n_layers;
+    p.n_heads = c.n_heads;
+    p.n_kv_heads = c.n_kv_heads;
+    p.head_dim = c.head_dim;
+    p.query_begin = q.query_begin;
+    p.query_len = q.query_len;
+    p.kv_len = q.kv_len;
+    p.scale = scale;
+    p.q = host + q.q_off;
+    p.k = host + q.k_off;
+    BlockMask m = b.sparse->select(p);
+    check_mask(m, p, sparse_tile);
+    if (!m.dense) {
+      any_sparse = true;
+      n_rows += static_cast<std::size_t>(m.rows());
+      n_cols += m.col_index.size();
+      n_columns += m.column_index.size();
+      columns = columns || m.has_columns();
+    }
+    masks.push_back(std::move(m));
+  }
+  if (!any_sparse) return nullptr;
+  constexpr auto kMax = static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max());
+  check(n_rows < kMax && n_cols < kMax && n_columns < kMax, ErrorCode::kInvalidArgument,
+        "CUDA backend: sparse masks of the step exceed the int32 index range");
+
+  // [seq_row_start | row_ptr | col_idx | column_ptr | column_idx] in one int32 array.
+  const std::size_t n_seqs = b.kv_len.size();
+  const std::size_t o_rp = n_seqs + 1, o_ci = o_rp + n_rows + 1, o_cp = o_ci + n_cols,
+                    o_cx = o_cp + (columns ? n_rows + 1 : 0), total = o_cx + (columns ? n_columns : 0);
+  mask_staging.reserve(grown(total * sizeof(std::int32_t), mask_staging.capacity()));
+  auto* h = reinterpret_cast<std::int32_t*>(mask_staging.get());
+  std::int32_t* srs = h;
+  std::int32_t* rp = h + o_rp;
+  std::int32_t* ci = h + o_ci;
+  std::int32_t* cp = h + o_cp;
+  std::int32_t* cx = h + o_cx;
+  std::size_t row = 0, col = 0, column = 0, next = 0;
+  rp[0] = 0;
+  if (columns) cp[0] = 0;
+  for (std::size_t seq = 0; seq < n_seqs; ++seq) {
+    srs[seq] = static_cast<std::int32_t>(row);
+    if (next >= sparse_seqs.size() || static_cast<std::size_t>(sparse_seqs[next].seq) != seq) continue;
+    const BlockMask& m = masks[next++];
+    if (m.dense) continue;  // an empty range: dense causal
+    const auto rows = static_cast<std::size_t>(m.rows());
+    for (std::size_t r = 0; r < rows; ++r) {
+      rp[row + r + 1] = static_cast<std::int32_t>(col) + m.row_ptr[r + 1];
+      if (columns)
+        cp[row + r + 1] = static_cast<std::int32_t>(column) + (m.has_columns() ? m.column_ptr[r + 1] : 0);
+    }
+    if (!m.col_index.empty())
+      std::memcpy(ci + col, m.col_index.data(), m.col_index.size() * sizeof(std::int32_t));
+    if (!m.column_index.empty())
+      std::memcpy(cx + column, m.column_index.data(), m.column_index.size() * sizeof(std::int32_t));
+    row += rows;
+    col += m.col_index.size();
+    column += m.column_index.size();
+  }
+  srs[n_seqs] = static_cast<std::int32_t>(row);
+  mask_dev.reserve(grown(std::max<std::size_t>(total, 1), mask_dev.size()));
+  check_cuda(cudaMemcpyAsync(mask_dev.get(), h, total * sizeof(std::int32_t), cudaMemcpyHostToDevice, st),
+             "upload sparse mask");
+  std::int32_t* d = mask_dev.get();
+  mask_view = BlockSparseMaskView{
+      sparse_tile, d, d + o_rp, d + o_ci, columns ? d + o_cp : nullptr, columns ? d + o_cx : nullptr};
+  return &mask_view;
+}
+
 // Runs the model on b up to the logits of the wanted rows, left in m.logits on the device;
 // `extra` arrays ride along in the batch's one metadata upload (their device offsets come back).
 std::vector<std::size_t> CudaBackend::Impl::run(const ForwardBatch& b, std::size_t logits_size,
@@ -272,6 +498,7 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
     check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange,
           "token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) + ")");
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  plan_sparse(b);
   const std::int64_t T = b.rows();
   const cudaStream_t st = stream;
   const std::int64_t H = c.hidden, Q = c.q_dim(), F = c.ffn;
@@ -303,7 +530,7 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
                               static_cast<int>(b.num_seqs()),
                               static_cast<int>(T)};
   attention.plan(b.query_start, b.page_start, b.kv_len, b.positions, c.n_heads, c.n_kv_heads, c.head_dim,
-                 block_size, st);
+                 block_size, st, sparse_tile);
 
   // validate() has checked the ids on the host; the kernel's own guard only keeps a corrupted
   // upload from reading out of bounds, so its flag is not asked for.
@@ -316,7 +543,8 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
     rope_write_kv(qkv.get(), T, c.n_heads, c.n_kv_heads, c.head_dim, d_pos, inv_freq.get(), d_slots,
                   s.q.get(), k_cache(s, l), v_cache(s, l), block_size, st);
     const BasicPagedKvView<E> cache{k_cache(s, l), v_cache(s, l), block_size, c.n_kv_heads, c.head_dim};
-    attention.run(s.q.get(), cache, ab, nullptr, scale, s.attn.get(), st);
+    const BlockSparseMaskView* mask = sparse_seqs.empty() ? nullptr : sparse_mask(s, b, l, ab.pages, scale);
+    attention.run(s.q.get(), cache, ab, mask, scale, s.attn.get(), st);
     gemm.linear(s.attn.get(), T, Q, L.wo.get(), H, x.get(), 1.0f, st);  // += residual
     add_rms_norm(x.get(), nullptr, L.ffn_norm.get(), T, H, c.rms_eps, s.h.get(), st);
     gemm.linear(s.h.get(), T, H, L.w_gate_up.get(), 2 * F, gate_up.get(), 0.0f, st);

@@ -1,5 +1,6 @@
 // Element-wise and row-wise kernels of the CUDA backend: embedding lookup, fused residual add +
-// RMSNorm, RoPE with the paged KV-cache write, SwiGLU, row gather and conversions. All memory-bound:
+// RMSNorm, RoPE with the paged KV-cache write, SwiGLU, row gather, the paged KV gather to fp32 (the
+// sparse-attention probe) and conversions. All memory-bound:
 // one pass over the data, 16-byte vectors (8 bf16 or fp16 / 2x4 floats) where the row length is a
 // multiple of 8 and the pointers are 16-byte aligned, a scalar path otherwise; fp32 arithmetic
 // throughout. Templates over the storage type T (bf16, f16), instantiated at the end.
@@ -315,6 +316,22 @@ __global__ void gather_rows_kernel(const T* __restrict__ x, i64 dim, const std::
   }
 }
 
+template <int V, class T>
+__global__ void gather_paged_f32_kernel(const T* __restrict__ cache, int block_size, i64 kv_dim,
+                                        const std::int32_t* __restrict__ pages, i64 n, float* __restrict__ out) {
+  const i64 vpr = kv_dim / V;
+  const i64 total = n * vpr;
+  for (i64 t = global_thread(); t < total; t += global_stride()) {
+    const i64 p = t / vpr;
+    const i64 c = (t - p * vpr) * V;
+    const i64 blk = p / block_size;
+    const i64 slot = static_cast<i64>(pages[blk]) * block_size + (p - blk * block_size);
+    float f[V];
+    load_t<V>(cache + slot * kv_dim + c, f);
+    store_f32<V>(out + p * kv_dim + c, f);
+  }
+}
+
 // Elements [0, n/V*V) in vectors of V, the tail one by one.
 template <int V, class T>
 __global__ void from_f32_kernel(const float* __restrict__ x, i64 n, T* __restrict__ y) {
@@ -495,6 +512,24 @@ void convert(const T* x, std::int64_t n, float* y, cudaStream_t stream) {
   check_launch("convert to fp32");
 }
 
+template <class T>
+void gather_paged_f32(const T* cache, int block_size, int n_kv_heads, int head_dim, const std::int32_t* pages,
+                      std::int64_t n_tokens, float* out, cudaStream_t stream) {
+  require(block_size > 0 && n_kv_heads > 0 && head_dim > 0 && n_tokens >= 0, "gather_paged_f32",
+          "need positive block_size, n_kv_heads and head_dim and n_tokens >= 0");
+  if (n_tokens == 0) return;
+  require(cache != nullptr && pages != nullptr && out != nullptr, "gather_paged_f32", "null pointer");
+  const i64 kv_dim = static_cast<i64>(n_kv_heads) * head_dim;
+  if (kv_dim % 8 == 0 && aligned16(cache) && aligned16(out)) {
+    gather_paged_f32_kernel<8><<<grid_for(n_tokens * kv_dim / 8), kThreads, 0, stream>>>(
+        cache, block_size, kv_dim, pages, n_tokens, out);
+  } else {
+    gather_paged_f32_kernel<1><<<grid_for(n_tokens * kv_dim), kThreads, 0, stream>>>(
+        cache, block_size, kv_dim, pages, n_tokens, out);
+  }
+  check_launch("gather_paged_f32");
+}
+
 #define CHUNKWISE_INSTANTIATE_OPS(T)                                                                         \
   template void embed(const T*, std::int64_t, std::int64_t, const std::int32_t*, std::int64_t, float*, int*, \
                       cudaStream_t);                                                                         \
@@ -507,7 +542,9 @@ void convert(const T* x, std::int64_t n, float* y, cudaStream_t stream) {
   template void swiglu(const float*, std::int64_t, std::int64_t, T*, cudaStream_t);                          \
   template void gather_rows(const T*, std::int64_t, const std::int32_t*, std::int64_t, T*, cudaStream_t);    \
   template void convert(const float*, std::int64_t, T*, cudaStream_t);                                       \
-  template void convert(const T*, std::int64_t, float*, cudaStream_t);
+  template void convert(const T*, std::int64_t, float*, cudaStream_t);                                       \
+  template void gather_paged_f32(const T*, int, int, int, const std::int32_t*, std::int64_t, float*,        \
+                                 cudaStream_t);
 CHUNKWISE_INSTANTIATE_OPS(bf16)
 CHUNKWISE_INSTANTIATE_OPS(f16)
 #undef CHUNKWISE_INSTANTIATE_OPS

@@ -5,11 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,64 +14,14 @@
 #include "chunkwise/cuda/cuda_backend.hpp"
 #include "chunkwise/sched/engine.hpp"
 #include "model/model_fixture.hpp"
+#include "model_compare.hpp"
 
 namespace {
 
 using namespace chunkwise;
-
-// README and docs of this repository: English prose with code, a few thousand tokens. The tests may
-// run on another machine than the one that built them: CHUNKWISE_SOURCE_DIR names the checkout there.
-std::vector<TokenId> natural_text(const Model& model, std::size_t n) {
-  const char* env = std::getenv("CHUNKWISE_SOURCE_DIR");
-  const std::filesystem::path root = env != nullptr && *env != '\0'
-                                         ? std::filesystem::path(env)
-                                         : std::filesystem::path(CHUNKWISE_TEST_DATA).parent_path().parent_path();
-  std::vector<std::filesystem::path> files{root / "README.md"};
-  for (const auto& e : std::filesystem::directory_iterator(root / "docs"))
-    if (e.path().extension() == ".md") files.push_back(e.path());
-  std::sort(files.begin() + 1, files.end());
-  std::string text;
-  for (const auto& f : files) {
-    std::ifstream in(f);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text.append(ss.str());
-  }
-  std::vector<TokenId> ids = model.tokenizer().encode(text);
-  REQUIRE(ids.size() >= n);
-  ids.resize(n);
-  return ids;
-}
-
-struct Agreement {
-  double top1 = 0;
-  double mean_kl = 0;
-  double max_kl = 0;
-};
-
-// KL(p_ref || p_test) per row of [rows, vocab] logits, and argmax agreement.
-Agreement compare(const std::vector<float>& ref, const std::vector<float>& test, int vocab) {
-  const std::size_t rows = ref.size() / static_cast<std::size_t>(vocab);
-  Agreement a;
-  std::size_t same = 0;
-  for (std::size_t r = 0; r < rows; ++r) {
-    const float* p = ref.data() + r * static_cast<std::size_t>(vocab);
-    const float* q = test.data() + r * static_cast<std::size_t>(vocab);
-    same += std::max_element(p, p + vocab) - p == std::max_element(q, q + vocab) - q ? 1 : 0;
-    const double mp = *std::max_element(p, p + vocab), mq = *std::max_element(q, q + vocab);
-    double zp = 0, zq = 0;
-    for (int i = 0; i < vocab; ++i) zp += std::exp(p[i] - mp), zq += std::exp(q[i] - mq);
-    double kl = 0;
-    for (int i = 0; i < vocab; ++i) {
-      const double lp = p[i] - mp - std::log(zp), lq = q[i] - mq - std::log(zq);
-      kl += std::exp(lp) * (lp - lq);
-    }
-    a.mean_kl += kl / static_cast<double>(rows);
-    a.max_kl = std::max(a.max_kl, kl);
-  }
-  a.top1 = static_cast<double>(same) / static_cast<double>(rows);
-  return a;
-}
+using cuda_test::Agreement;
+using cuda_test::compare;
+using cuda_test::natural_text;
 
 }  // namespace
 

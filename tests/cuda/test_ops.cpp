@@ -426,6 +426,39 @@ TEMPLATE_TEST_CASE("cuda::gather_rows and the conversions copy exactly", "[cuda]
   }
 }
 
+TEMPLATE_TEST_CASE("cuda::gather_paged_f32 widens the paged cache rows exactly", "[cuda][ops]", bf16, f16) {
+  using T = TestType;
+  std::mt19937 rng(606);
+  // (block_size, n_kv_heads, head_dim, tokens): vector and scalar paths, partial last block.
+  for (const auto& [bs, kvh, hd, n] : {std::tuple{16, 3, 64, 100}, std::tuple{1, 2, 128, 7},
+                                       std::tuple{128, 1, 64, 300}, std::tuple{5, 3, 10, 23}}) {
+    const int kv_dim = kvh * hd;
+    const int n_pages = (n + bs - 1) / bs;
+    const int num_blocks = n_pages + 5;
+    const std::vector<T> cache =
+        to_storage<T>(normal(rng, static_cast<std::size_t>(num_blocks) * bs * kv_dim));
+    std::vector<std::int32_t> pages(static_cast<std::size_t>(num_blocks));
+    std::iota(pages.begin(), pages.end(), 0);
+    std::shuffle(pages.begin(), pages.end(), rng);
+    pages.resize(static_cast<std::size_t>(n_pages));
+    const auto d_cache = upload(cache);
+    const auto d_pages = upload(pages);
+    auto d_out = poisoned<float>(static_cast<std::size_t>(n) * kv_dim);
+    cu::gather_paged_f32(d_cache.get(), bs, kvh, hd, d_pages.get(), n, d_out.get(), nullptr);
+    sync("gather_paged_f32");
+    std::vector<float> ref;
+    const std::vector<float> cf = to_f32(cache);
+    for (int p = 0; p < n; ++p) {
+      const auto slot = static_cast<std::size_t>(pages[static_cast<std::size_t>(p / bs)]) * bs + p % bs;
+      ref.insert(ref.end(), cf.begin() + static_cast<std::ptrdiff_t>(slot * kv_dim),
+                 cf.begin() + static_cast<std::ptrdiff_t>((slot + 1) * kv_dim));
+    }
+    check_equal(download(d_out.get(), ref.size()), ref,
+                "gather_paged_f32 " + shape({{"block_size", bs}, {"kv_dim", kv_dim}, {"tokens", n}}));
+  }
+  CHECK_THROWS_AS(cu::gather_paged_f32<T>(nullptr, 0, 1, 64, nullptr, 1, nullptr, nullptr), chunkwise::Error);
+}
+
 // ---- sampling ----
 
 namespace {

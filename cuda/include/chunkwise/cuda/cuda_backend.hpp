@@ -30,7 +30,10 @@ class CudaBackend {
   CudaBackend& operator=(CudaBackend&&) noexcept;
 
   // Runs the model on batch and writes logits [batch.logit_rows.size(), vocab] (fp32, host) into
-  // logits. Same errors as CpuBackend::forward.
+  // logits. Same errors as CpuBackend::forward. With batch.sparse, every qualifying chunk is probed
+  // in every layer (its q and keys copied to the host as fp32, one synchronisation per layer) and
+  // attended with the selector's mask; such a chunk's rows must sit at consecutive positions ending
+  // at kv_len - 1 (else Error(kInvalidArgument)). Without it the step is unchanged.
   void forward(const ForwardBatch& batch, std::span<float> logits);
   // forward() and one token per logits row sampled on the device, exactly as chunkwise::sample()
   // draws it: only token ids come back to the host.

@@ -69,6 +69,14 @@ template <class T>
 void gather_rows(const T* x, std::int64_t dim, const std::int32_t* rows, std::int64_t n, T* out,
                  cudaStream_t stream);
 
+// out[p, :] = the cache row of token p as fp32, for p in [0, n_tokens): one layer's K (or V) cache
+// [num_blocks, block_size, n_kv_heads, head_dim] T read through a page table, token p at block
+// pages[p / block_size], offset p % block_size. out is [n_tokens, n_kv_heads * head_dim], contiguous;
+// pages a device array of at least ceil(n_tokens / block_size) blocks (not checked). Exact.
+template <class T>
+void gather_paged_f32(const T* cache, int block_size, int n_kv_heads, int head_dim, const std::int32_t* pages,
+                      std::int64_t n_tokens, float* out, cudaStream_t stream);
+
 // Conversions of n contiguous elements: fp32 -> T rounds to nearest even (fp16 overflows to inf);
 // T -> fp32 is exact.
 template <class T>
