@@ -149,7 +149,7 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
   std::set<std::string> options = kCommonOptions;
   options.insert({"policies", "lengths", "depths", "samples", "tasks", "haystack", "fidelity-rows", "repeat",
                   "out-json", "prefill-chunk", "seed"});
-  const Args args(argv, options, {"no-retrieval", "no-fidelity"});
+  const Args args(argv, options, {"no-retrieval", "no-fidelity", "no-timing"});
   const std::vector<std::string> specs =
       split(args.str("policies", "dense;streaming;vertical-slash;block-topk;flex-prefill"), ';');
   check(!specs.empty(), ErrorCode::kInvalidArgument, "--policies is empty");
@@ -174,28 +174,44 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
   const std::string haystack((std::istreambuf_iterator<char>(hin)), std::istreambuf_iterator<char>());
 
   auto model = load_model_from_args(args);
-  const Tokenizer& tok = model->tokenizer();
   const int max_len = *std::max_element(lengths.begin(), lengths.end());
   check(max_len + 16 <= model->config().max_context, ErrorCode::kContextOverflow,
         "--lengths: " + std::to_string(max_len) + " tokens (+16 generated) exceed the model's context of " +
             std::to_string(model->config().max_context));
-  const std::vector<TokenId> natural = tok.encode(haystack);
-  std::vector<TokenId> passkey_filler;
-  const std::vector<TokenId> sentence = tok.encode(
-      " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.");
-  while (static_cast<int>(passkey_filler.size()) < max_len)
-    passkey_filler.insert(passkey_filler.end(), sentence.begin(), sentence.end());
-  check(static_cast<int>(natural.size()) >= max_len, ErrorCode::kInvalidArgument,
-        "the haystack text has " + std::to_string(natural.size()) + " tokens, fewer than --lengths needs");
+  // Retrieval and fidelity need a tokenizer and that much natural text; timing alone (a
+  // random-weight model at long context) repeats the text, or draws random ids for a model without a
+  // tokenizer, since speed does not depend on the tokens.
+  const bool needs_text = !args.flag("no-retrieval") || !args.flag("no-fidelity");
+  check(!needs_text || model->has_tokenizer(), ErrorCode::kInvalidArgument,
+        "this model has no tokenizer: only --no-retrieval --no-fidelity (timing) can run");
+  std::vector<TokenId> natural, passkey_filler, timing_text;
+  if (model->has_tokenizer()) {
+    const Tokenizer& tok = model->tokenizer();
+    natural = tok.encode(haystack);
+    const std::vector<TokenId> sentence = tok.encode(
+        " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.");
+    while (static_cast<int>(passkey_filler.size()) < max_len)
+      passkey_filler.insert(passkey_filler.end(), sentence.begin(), sentence.end());
+    check(!needs_text || static_cast<int>(natural.size()) >= max_len, ErrorCode::kInvalidArgument,
+          "the haystack text has " + std::to_string(natural.size()) +
+              " tokens, fewer than --lengths needs (--no-retrieval --no-fidelity times repeated text)");
+    while (static_cast<int>(timing_text.size()) < max_len)
+      timing_text.insert(timing_text.end(), natural.begin(), natural.end());
+  } else {
+    std::mt19937 ids(1);
+    std::uniform_int_distribution<TokenId> id(0, model->config().vocab - 1);
+    for (int i = 0; i < max_len; ++i) timing_text.push_back(id(ids));
+  }
 
   std::vector<RetrievalPrompt> prompts;
   std::mt19937 rng(static_cast<unsigned>(args.integer("seed", 7)));
   std::uniform_int_distribution<int> number(10000, 99999);
-  for (const std::string& task : tasks)
+  for (const std::string& task : args.flag("no-retrieval") ? std::vector<std::string>{} : tasks)
     for (const int len : lengths)
       for (const double depth : depths)
         for (long long s = 0; s < samples; ++s)
-          prompts.push_back(make_prompt(tok, task, task == "passkey" ? passkey_filler : natural, len, depth,
+          prompts.push_back(make_prompt(model->tokenizer(), task,
+                                        task == "passkey" ? passkey_filler : natural, len, depth,
                                         std::to_string(number(rng))));
 
   const SessionConfig base = session_config_from_args(args);
@@ -258,9 +274,9 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
       if (kept.count(len) && kept[len].second > 0)
         row["retained_vs_dense"] = static_cast<double>(kept[len].first) / kept[len].second;
       if (retrieval_stats.selections > 0) row["retrieval_density"] = retrieval_stats.density();
+      const std::vector<TokenId> ids(timing_text.begin(), timing_text.begin() + len);
       if (!args.flag("no-fidelity")) {
         // Fidelity and recall on natural text: the last fidelity_rows positions' distributions.
-        const std::vector<TokenId> ids(natural.begin(), natural.begin() + len);
         const int first = std::max(0, len - static_cast<int>(fidelity_rows));
         RecallSelector recall(make_sparse_policy(spec));
         const std::vector<float> logits = prompt_logits(model, ids, base.block_size, base.backend.get(),
@@ -278,6 +294,8 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
                               : std::accumulate(per_layer.begin(), per_layer.end(), 0.0) / per_layer.size();
         row["recall_min"] = per_layer.empty() ? 1.0 : *std::min_element(per_layer.begin(), per_layer.end());
         row["density"] = recall.stats().selections > 0 ? recall.stats().density() : 1.0;
+      }
+      if (!args.flag("no-timing")) {
         // Time to first token of the natural prompt, best of `repeat` (the first run warms up).
         Engine engine = engine_for(spec, len);
         double best = 1e30, mask_s = 0;
@@ -297,6 +315,8 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
         }
         row["ttft_s"] = best;
         row["mask_s"] = mask_s;
+        if (!row.contains("density"))
+          row["density"] = engine.metrics().sparse.selections > 0 ? engine.metrics().sparse.density() : 1.0;
       }
       std::fprintf(stderr, "%s\n", row.dump().c_str());
       report.push_back(row);

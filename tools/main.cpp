@@ -35,7 +35,8 @@ commands:
           bench/sparse/calibration.txt, 8000 tokens, budget 1024 tokens per query row)
   eval-sparse [--policies "SPEC;SPEC;..."] [--lengths 2048,4096,8192] [--depths 0.1,...] [--samples N]
           [--tasks passkey,needle] [--haystack FILE] [--fidelity-rows N] [--repeat N] [--prefill-chunk N]
-          [--out-json FILE] [--no-retrieval] [--no-fidelity]   (quality and cost of sparse prefill)
+          [--out-json FILE] [--no-retrieval] [--no-fidelity] [--no-timing]
+          (quality and cost of sparse prefill)
 
 sparse prefill (--sparse SPEC, default dense): NAME[:key=value,...] with NAME one of
   dense, streaming (sink, window), vertical-slash (config=FILE, vertical, slash, last_queries),

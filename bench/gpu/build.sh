@@ -9,15 +9,15 @@ stage=${1:-.gpu}
 arch=${CUDA_ARCH:-90a}
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
-cmake -S . -B build-gpu "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DCHUNKWISE_CUDA=ON \
+cmake -S . -B "${BUILD_DIR:-build-gpu}" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DCHUNKWISE_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$arch" -DCHUNKWISE_CPU_ARCH=x86-64-v3 -DCHUNKWISE_BUILD_EXAMPLES=OFF >/dev/null
 targets=(chunkwise_cli chunkwise_cuda_tests)
 for src in bench/gpu/bench_*.cpp; do [[ -e $src ]] && targets+=("$(basename "$src" .cpp)"); done
-cmake --build build-gpu -j"$(nproc)" --target "${targets[@]}"
+cmake --build "${BUILD_DIR:-build-gpu}" -j"$(nproc)" --target "${targets[@]}"
 rm -rf "$stage/bin" "$stage/lib"
 mkdir -p "$stage/bin" "$stage/lib"
-cp build-gpu/bin/chunkwise build-gpu/bin/chunkwise_cuda_tests "$stage/bin/"
-for t in "${targets[@]:2}"; do cp "build-gpu/bin/$t" "$stage/bin/"; done
+cp "${BUILD_DIR:-build-gpu}"/bin/chunkwise "${BUILD_DIR:-build-gpu}"/bin/chunkwise_cuda_tests "$stage/bin/"
+for t in "${targets[@]:2}"; do cp "${BUILD_DIR:-build-gpu}/bin/$t" "$stage/bin/"; done
 strip --strip-debug "$stage"/bin/*
 # Libraries outside glibc, libstdc++, libgcc, libgomp and the CUDA runtime travel along.
 for lib in $(ldd "$stage"/bin/* | awk '/=> \//{print $3}' | sort -u); do
