@@ -27,6 +27,8 @@ namespace {
 
 using nlohmann::json;
 
+constexpr int kAnswerTokens = 8;  // greedy tokens a retrieval prompt may answer in
+
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;
   std::stringstream in(s);
@@ -155,7 +157,7 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
   check(!specs.empty(), ErrorCode::kInvalidArgument, "--policies is empty");
   for (const std::string& spec : specs)
     (void)make_sparse_policy(spec);  // bad specs fail before the model loads
-  const std::vector<int> lengths = int_list(args.str("lengths", "2048,4096,8192"), "lengths");
+  const std::vector<int> lengths = int_list(args.str("lengths", "2048,4096,8184"), "lengths");
   const std::vector<double> depths = depth_list(args.str("depths", "0.1,0.3,0.5,0.7,0.9"));
   const std::vector<std::string> tasks = split(args.str("tasks", "passkey,needle"), ',');
   for (const std::string& t : tasks)
@@ -175,9 +177,9 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
 
   auto model = load_model_from_args(args);
   const int max_len = *std::max_element(lengths.begin(), lengths.end());
-  check(max_len + 16 <= model->config().max_context, ErrorCode::kContextOverflow,
-        "--lengths: " + std::to_string(max_len) + " tokens (+16 generated) exceed the model's context of " +
-            std::to_string(model->config().max_context));
+  check(max_len + kAnswerTokens <= model->config().max_context, ErrorCode::kContextOverflow,
+        "--lengths: " + std::to_string(max_len) + " tokens (+" + std::to_string(kAnswerTokens) +
+            " generated) exceed the model's context of " + std::to_string(model->config().max_context));
   // Retrieval and fidelity need a tokenizer and that much natural text; timing alone (a
   // random-weight model at long context) repeats the text, or draws random ids for a model without a
   // tokenizer, since speed does not depend on the tokens.
@@ -238,14 +240,15 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
     // Retrieval: every prompt through the engine, greedy, 8 new tokens.
     std::map<std::string, std::pair<int, int>> solved;  // "task/len" -> (correct, total)
     std::map<int, std::pair<int, int>> kept;            // len -> (correct on dense-solved, dense-solved)
-    SparseStats retrieval_stats;
-    if (!args.flag("no-retrieval")) {
-      Engine engine = engine_for(spec, max_len);
+    std::map<int, SparseStats> retrieval_stats;         // len -> the masks of its prompts
+    for (const int len : args.flag("no-retrieval") ? std::vector<int>{} : lengths) {
+      Engine engine = engine_for(spec, len);
       for (std::size_t i = 0; i < prompts.size(); ++i) {
+        if (prompts[i].length != len) continue;
         Request r;
         r.label = std::to_string(i);
         r.prompt_tokens = prompts[i].ids;
-        r.max_new_tokens = 8;
+        r.max_new_tokens = kAnswerTokens;
         engine.submit(std::move(r));
       }
       while (engine.has_work()) engine.step();
@@ -262,7 +265,7 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
           kept[p.length].second += 1;
         }
       }
-      retrieval_stats = engine.metrics().sparse;
+      retrieval_stats[len] = engine.metrics().sparse;
     }
     for (const int len : lengths) {
       json row{{"policy", spec}, {"length", len}, {"device", base.backend ? base.backend->name() : "cpu"}};
@@ -273,7 +276,7 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
       }
       if (kept.count(len) && kept[len].second > 0)
         row["retained_vs_dense"] = static_cast<double>(kept[len].first) / kept[len].second;
-      if (retrieval_stats.selections > 0) row["retrieval_density"] = retrieval_stats.density();
+      if (retrieval_stats[len].selections > 0) row["retrieval_density"] = retrieval_stats[len].density();
       const std::vector<TokenId> ids(timing_text.begin(), timing_text.begin() + len);
       if (!args.flag("no-fidelity")) {
         // Fidelity and recall on natural text: the last fidelity_rows positions' distributions.

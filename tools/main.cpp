@@ -33,7 +33,7 @@ commands:
   tune-sparse --out FILE.json [--text-file FILE] [--tokens N] [--budget B] [--min-recall R]
           (per-head vertical-slash sizes from one forward pass over a calibration text; default text
           bench/sparse/calibration.txt, 8000 tokens, budget 1024 tokens per query row)
-  eval-sparse [--policies "SPEC;SPEC;..."] [--lengths 2048,4096,8192] [--depths 0.1,...] [--samples N]
+  eval-sparse [--policies "SPEC;SPEC;..."] [--lengths 2048,4096,8184] [--depths 0.1,...] [--samples N]
           [--tasks passkey,needle] [--haystack FILE] [--fidelity-rows N] [--repeat N] [--prefill-chunk N]
           [--out-json FILE] [--no-retrieval] [--no-fidelity] [--no-timing]
           (quality and cost of sparse prefill)

