@@ -241,6 +241,7 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
     std::map<std::string, std::pair<int, int>> solved;  // "task/len" -> (correct, total)
     std::map<int, std::pair<int, int>> kept;            // len -> (correct on dense-solved, dense-solved)
     std::map<int, SparseStats> retrieval_stats;         // len -> the masks of its prompts
+    std::map<int, json> answers;                        // len -> every prompt's outcome
     for (const int len : args.flag("no-retrieval") ? std::vector<int>{} : lengths) {
       Engine engine = engine_for(spec, len);
       for (std::size_t i = 0; i < prompts.size(); ++i) {
@@ -256,6 +257,11 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
         const std::size_t i = std::stoul(f.label);
         const RetrievalPrompt& p = prompts[i];
         const bool ok = f.output_text.find(p.answer) != std::string::npos;
+        answers[len].push_back({{"task", p.task},
+                                {"depth", p.depth},
+                                {"answer", p.answer},
+                                {"ok", ok},
+                                {"output", f.output_text}});
         auto& [c, n] = solved[p.task + "/" + std::to_string(p.length)];
         c += ok;
         n += 1;
@@ -277,6 +283,7 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
       if (kept.count(len) && kept[len].second > 0)
         row["retained_vs_dense"] = static_cast<double>(kept[len].first) / kept[len].second;
       if (retrieval_stats[len].selections > 0) row["retrieval_density"] = retrieval_stats[len].density();
+      if (answers.count(len)) row["answers"] = answers[len];
       const std::vector<TokenId> ids(timing_text.begin(), timing_text.begin() + len);
       if (!args.flag("no-fidelity")) {
         // Fidelity and recall on natural text: the last fidelity_rows positions' distributions.
@@ -321,7 +328,10 @@ int cmd_eval_sparse(const std::vector<std::string>& argv) {
         if (!row.contains("density"))
           row["density"] = engine.metrics().sparse.selections > 0 ? engine.metrics().sparse.density() : 1.0;
       }
-      std::fprintf(stderr, "%s\n", row.dump().c_str());
+      json brief = row;
+      brief.erase("answers");
+      brief.erase("recall_per_layer");
+      std::fprintf(stderr, "%s\n", brief.dump().c_str());
       report.push_back(row);
     }
   }
