@@ -12,6 +12,7 @@
 
 #include "chunkwise/backend/cpu/ops.hpp"
 #include "chunkwise/core/sampling.hpp"
+#include "chunkwise/policy/sparse/streaming_attention.hpp"
 
 namespace {
 
@@ -189,6 +190,44 @@ BENCHMARK(BM_AttentionDecode)
     ->ArgsProduct({{1, 2}, {1, 16}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
+
+// Args: threads, window tokens. An 8K-token whole-prompt prefill through the block-sparse op with a
+// sink (64 tokens) + window mask (StreamingAttention, 64-token tiles): the op's time against its
+// density (the "density" counter; BM_AttentionPrefill is the dense op).
+void BM_SparsePrefill(benchmark::State& state) {
+  cpu::set_num_threads(static_cast<int>(state.range(0)));
+  constexpr int kLen = 8192;
+  AttentionSetup a(1, kLen, kLen);
+  chunkwise::StreamingAttentionParams p;
+  p.sink = 64;
+  p.window = static_cast<int>(state.range(1));
+  p.fallback.min_kv_len = 0;
+  chunkwise::AttentionProbe probe;
+  probe.n_heads = kHeads;
+  probe.n_kv_heads = kKvHeads;
+  probe.head_dim = kHeadDim;
+  probe.query_len = kLen;
+  probe.kv_len = kLen;
+  const chunkwise::BlockMask mask = chunkwise::StreamingAttention(p).select(probe);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  for (auto _ : state) {
+    cpu::sparse_attention(a.q.data(), a.cache, a.pages, 0, kLen, mask, kHeads, scale, a.out.data());
+    benchmark::DoNotOptimize(a.out.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["density"] = chunkwise::mask_cost(mask).density();
+}
+BENCHMARK(BM_SparsePrefill)
+    ->ArgNames({"threads", "window"})
+    ->ArgsProduct({{2}, {512, 1024, 2048, 8192}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// Dense op at the same 8K prompt, for BM_SparsePrefill.
+void BM_DensePrefill8K(benchmark::State& state) {
+  run_attention(state, 1, 8192, 8192);
+}
+BENCHMARK(BM_DensePrefill8K)->ArgNames({"threads"})->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Args: temperature x 100, top_k, top_p x 100. One draw from a vocabulary of 49152 (normal logits).
 void BM_Sample(benchmark::State& state) {
