@@ -1,16 +1,21 @@
 // `chunkwise tune-sparse`: the offline per-head pattern search of VerticalSlashAttention
 // (MInference's kernel-aware search, METHODS.md 2.2). One dense forward pass over a calibration
-// text; at every layer a search selector sees the probe (post-RoPE queries and keys), builds each
-// candidate's vertical-slash mask, scores each head's attention recall on sampled query rows and
-// keeps per head the candidate with the highest recall. The forward itself stays exact (the
-// selector returns the dense mask), and the winners are written as a vertical-slash config.
+// text; at every layer a search selector sees the probe (post-RoPE queries and keys) and, per head
+// and per vertical share f, sizes the candidate (vertical, slash) = (f*B, (1-f)*B) to the kernel
+// cost --target-density: B is bisected (in log scale) on the head's mask density (mask_cost of the
+// head's own rows), so that the density comes as close to the target as it can without passing it.
+// Candidates of equal cost are then ranked by attention recall on sampled query rows, and each head
+// keeps its best. The forward itself stays exact (the selector returns the dense mask), and the
+// winners are written as a vertical-slash config.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <span>
 #include <sstream>
 #include <thread>
 
@@ -32,61 +37,81 @@ namespace {
 
 constexpr int kTile = 64;
 constexpr int kScoredRows = 64;
+constexpr int kSearchSteps = 8;  // bisection steps on B per (head, share)
+constexpr int kMinTotal = 64;    // the smallest B tried (the forced columns and diagonals stay anyway)
 constexpr double kTieTolerance = 1e-6;
-constexpr double kCandidateShares[] = {0.03, 0.25, 0.5, 0.75, 0.97};
+constexpr double kShares[] = {0.03, 0.25, 0.5, 0.75, 0.97};  // vertical share f of the candidates
+constexpr std::size_t kNumShares = std::size(kShares);
+constexpr VerticalSlashSizes kDense{0, 0, true};
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Equal-budget candidates (v, s) = (round(f*B), B - round(f*B)), duplicates dropped.
-std::vector<VerticalSlashSizes> candidates_for(int budget) {
-  std::vector<VerticalSlashSizes> out;
-  for (const double f : kCandidateShares) {
-    const int v = static_cast<int>(std::lround(f * budget));
-    const VerticalSlashSizes c{v, budget - v, false};
-    if (std::find(out.begin(), out.end(), c) == out.end()) out.push_back(c);
-  }
+// The candidate of share f and total size B: (round(f*B), B - round(f*B)).
+VerticalSlashSizes split(double f, int total) {
+  const int v = static_cast<int>(std::lround(f * total));
+  return {v, total - v, false};
+}
+
+// Head h's rows of a mask, as a one-head mask.
+BlockMask head_rows(const BlockMask& m, int h) {
+  BlockMask out = m;
+  out.n_heads = 1;
+  if (m.dense) return out;
+  const auto r0 = static_cast<std::size_t>(h) * static_cast<std::size_t>(m.n_qtiles);
+  const auto r1 = r0 + static_cast<std::size_t>(m.n_qtiles);
+  const auto slice = [&](const std::vector<std::int32_t>& ptr, const std::vector<std::int32_t>& index,
+                         std::vector<std::int32_t>& out_ptr, std::vector<std::int32_t>& out_index) {
+    out_ptr.assign(ptr.begin() + static_cast<std::ptrdiff_t>(r0),
+                   ptr.begin() + static_cast<std::ptrdiff_t>(r1) + 1);
+    for (auto& x : out_ptr) x -= ptr[r0];
+    out_index.assign(index.begin() + ptr[r0], index.begin() + ptr[r1]);
+  };
+  slice(m.row_ptr, m.col_index, out.row_ptr, out.col_index);
+  if (m.has_columns()) slice(m.column_ptr, m.column_index, out.column_ptr, out.column_index);
   return out;
 }
 
-// Head h's share of the causal tiles its mask computes (a column counts 1/tile).
+// Head h's share of the causal tiles its mask computes (a column counts 1/tile), as mask_cost
+// counts it.
 double head_density(const BlockMask& m, int h) {
-  if (m.dense) return 1.0;
-  double computed = 0, causal = 0;
-  for (int j = 0; j < m.n_qtiles; ++j) {
-    const auto r = static_cast<std::size_t>(h * m.n_qtiles + j);
-    computed += m.row_ptr[r + 1] - m.row_ptr[r];
-    if (m.has_columns()) computed += (m.column_ptr[r + 1] - m.column_ptr[r]) / static_cast<double>(m.tile);
-    causal += m.first_qtile + j + 1;
-  }
-  return causal > 0 ? computed / causal : 1.0;
+  return mask_cost(head_rows(m, h)).density();
 }
 
-// Sees every layer's probe, scores every candidate for every head, and changes nothing.
+// Sets the CPU ops (Eigen included) to one thread while it lives; the count is restored after.
+class SerialOps {
+ public:
+  SerialOps() : saved_(cpu::num_threads()) { cpu::set_num_threads(1); }
+  ~SerialOps() { cpu::set_num_threads(saved_); }
+  SerialOps(const SerialOps&) = delete;
+  SerialOps& operator=(const SerialOps&) = delete;
+
+ private:
+  int saved_;
+};
+
+// Sees every layer's probe, sizes and scores every share's candidate for every head, and changes
+// nothing.
 class SearchSelector final : public SparseSelector {
  public:
-  SearchSelector(std::vector<VerticalSlashSizes> candidates, int threads)
-      : candidates_(std::move(candidates)), threads_(std::max(threads, 1)) {
-    for (const VerticalSlashSizes& c : candidates_) {
-      VerticalSlashAttention::Params p;
-      p.tile = kTile;
-      p.config.default_sizes = c;
-      p.fallback.min_kv_len = 0;
-      policies_.emplace_back(std::move(p));
-    }
-  }
+  SearchSelector(double target, int max_total, int threads)
+      : target_(target), max_total_(max_total), threads_(std::max(threads, 1)) {}
   [[nodiscard]] int tile() const override { return kTile; }
   [[nodiscard]] int min_kv_len() const override { return 0; }
 
-  // recall[layer][candidate][head] and density likewise; empty layers were never probed.
+  // [share][head]: the sized candidate, its total size B, its recall and density; empty layers
+  // were never probed.
   struct Layer {
+    std::vector<std::vector<VerticalSlashSizes>> sizes;
+    std::vector<std::vector<int>> total;
     std::vector<std::vector<double>> recall, density;
     int rows = 0, first_row = 0, last_row = 0;  // scored rows (positions)
   };
   [[nodiscard]] const std::vector<Layer>& layers() const { return layers_; }
   [[nodiscard]] double search_s() const { return search_s_; }
+  [[nodiscard]] long long selects() const { return selects_; }
 
   BlockMask select(const AttentionProbe& p) override {
     const auto t0 = Clock::now();
@@ -103,38 +128,104 @@ class SearchSelector final : public SparseSelector {
               : lo + static_cast<int>(std::lround(static_cast<double>(hi - lo) * i / (kScoredRows - 1)));
       if (rows.empty() || rows.back() != r) rows.push_back(r);
     }
-    const auto nc = candidates_.size();
     const auto nh = static_cast<std::size_t>(p.n_heads);
-    out.recall.assign(nc, std::vector<double>(nh, 1.0));
-    out.density.assign(nc, std::vector<double>(nh, 1.0));
+    out.sizes.assign(kNumShares, std::vector<VerticalSlashSizes>(nh, kDense));
+    out.total.assign(kNumShares, std::vector<int>(nh, 0));
+    out.recall.assign(kNumShares, std::vector<double>(nh, 1.0));
+    out.density.assign(kNumShares, std::vector<double>(nh, 1.0));
     out.rows = static_cast<int>(rows.size());
     out.first_row = rows.empty() ? 0 : p.query_begin + rows.front();
     out.last_row = rows.empty() ? 0 : p.query_begin + rows.back();
-    for (std::size_t c = 0; c < nc; ++c) {
-      const BlockMask mask = policies_[c].select(p);  // every head at candidate c
-      validate(mask, p);
-      // Heads in parallel: each reads the probe and writes its own slots.
-      const int workers = std::min(threads_, p.n_heads);
-      std::vector<std::thread> pool;
-      for (int w = 0; w < workers; ++w)
-        pool.emplace_back([&, w] {
-          for (int h = w; h < p.n_heads; h += workers) {
-            out.recall[c][static_cast<std::size_t>(h)] = detail::attention_recall(p, mask, h, rows);
-            out.density[c][static_cast<std::size_t>(h)] = head_density(mask, h);
-          }
-        });
-      for (auto& t : pool) t.join();
-    }
+    // One task per (share, head), from a shared counter. A task's selects size that head only and
+    // keep the others dense, which skips their estimates: the last-query attention of the head is
+    // computed once per select, as a lockstep select of every head would.
+    const int tasks = static_cast<int>(kNumShares * nh);
+    std::atomic<int> next{0};
+    std::atomic<long long> selects{0};
+    const auto work = [&] {
+      for (int t = next++; t < tasks; t = next++) {
+        const auto c = static_cast<std::size_t>(t) / nh;
+        const int h = static_cast<int>(static_cast<std::size_t>(t) % nh);
+        search_head(p, kShares[c], h, rows, out, c, selects);
+      }
+    };
+    const int workers = std::min(threads_, tasks);
+    // One thread per worker: the estimate's GEMM would otherwise fork an Eigen/OpenMP team inside
+    // every worker, and the teams spin against each other.
+    const SerialOps serial;
+    std::vector<std::thread> pool;
+    for (int w = 1; w < workers; ++w) pool.emplace_back(work);
+    work();
+    for (auto& th : pool) th.join();
+    selects_ += selects.load();
     search_s_ += seconds_since(t0);
     return dense_mask(p, kTile);
   }
 
  private:
-  std::vector<VerticalSlashSizes> candidates_;
-  std::vector<VerticalSlashAttention> policies_;
+  // Bisects head h's total size B for share f in log scale over [kMinTotal, max_total_]: lo has
+  // density <= target (or is the smallest B), hi has density > target (or is past the cap; then
+  // the cap itself is tried last). The winner is lo; its mask gives the recall.
+  void search_head(const AttentionProbe& p, double f, int h, std::span<const int> rows, Layer& out,
+                   std::size_t c, std::atomic<long long>& selects) const {
+    VerticalSlashAttention::Params params;
+    params.tile = kTile;
+    params.fallback.min_kv_len = 0;
+    params.config.default_sizes = kDense;
+    params.config.heads.assign(static_cast<std::size_t>(p.layer) + 1,
+                               std::vector<VerticalSlashSizes>(static_cast<std::size_t>(p.n_heads), kDense));
+    auto& sizes = params.config.heads[static_cast<std::size_t>(p.layer)][static_cast<std::size_t>(h)];
+    const auto measure = [&](int total) {
+      sizes = split(f, total);
+      selects++;
+      return VerticalSlashAttention(params).select(p);
+    };
+    int lo = std::min(kMinTotal, max_total_), hi = max_total_ + 1;
+    BlockMask best;
+    bool have_best = false;
+    double best_density = 1.0;
+    for (int step = 0; step < kSearchSteps && hi - lo > 1; ++step) {
+      const int mid =
+          std::clamp(static_cast<int>(std::lround(std::sqrt(static_cast<double>(lo) * hi))), lo + 1, hi - 1);
+      BlockMask mask = measure(mid);
+      const double d = head_density(mask, h);
+      if (d <= target_) {
+        lo = mid;
+        best = std::move(mask);
+        best_density = d;
+        have_best = true;
+      } else {
+        hi = mid;
+      }
+    }
+    if (hi == max_total_ + 1 && lo < max_total_) {  // never over the target: try the cap itself
+      BlockMask mask = measure(max_total_);
+      const double d = head_density(mask, h);
+      if (d <= target_) {
+        lo = max_total_;
+        best = std::move(mask);
+        best_density = d;
+        have_best = true;
+      }
+    }
+    if (!have_best) {
+      best = measure(lo);
+      best_density = head_density(best, h);
+    }
+    validate(best, p);
+    const auto hh = static_cast<std::size_t>(h);
+    out.sizes[c][hh] = split(f, lo);
+    out.total[c][hh] = lo;
+    out.density[c][hh] = best_density;
+    out.recall[c][hh] = detail::attention_recall(p, best, h, rows);
+  }
+
+  double target_;
+  int max_total_;
   int threads_;
   std::vector<Layer> layers_;
   double search_s_ = 0;
+  long long selects_ = 0;
 };
 
 std::string sizes_text(const VerticalSlashSizes& s) {
@@ -163,11 +254,16 @@ std::string model_name(const Model& model) {
 int cmd_tune_sparse(const std::vector<std::string>& argv) {
   const auto t_start = Clock::now();
   std::set<std::string> options = kCommonOptions;
-  options.insert({"text-file", "tokens", "budget", "min-recall", "out"});
+  options.insert({"text-file", "tokens", "target-density", "budget", "min-recall", "out"});
   const Args args(argv, options, {});
   const std::string out = args.required("out");
-  const long long budget = args.integer("budget", 1024);
-  check(budget >= 1 && budget <= (1 << 24), ErrorCode::kInvalidArgument, "--budget must be in [1, 16777216]");
+  const double target = args.number("target-density", 0.2);
+  check(target > 0.0 && target <= 1.0, ErrorCode::kInvalidArgument,
+        "--target-density must be in (0, 1] (the share of the causal tiles each head computes)");
+  const std::optional<std::string> budget_arg = args.get("budget");
+  const long long budget_opt = args.integer("budget", 1);
+  check(budget_opt >= 1 && budget_opt <= (1 << 24), ErrorCode::kInvalidArgument,
+        "--budget must be in [1, 16777216]");
   const double min_recall = args.number("min-recall", 0.0);
   check(min_recall >= 0.0 && min_recall <= 1.0, ErrorCode::kInvalidArgument,
         "--min-recall must be in [0, 1] (0: no dense heads)");
@@ -200,16 +296,17 @@ int cmd_tune_sparse(const std::vector<std::string>& argv) {
     n = available;
   }
   ids.resize(static_cast<std::size_t>(n));
+  // The cap on B: --budget, else twice the tokens (every column and every diagonal: no cap).
+  const long long budget = budget_arg ? budget_opt : 2 * n;
 
-  const std::vector<VerticalSlashSizes> candidates = candidates_for(static_cast<int>(budget));
-  std::printf("tune-sparse: %s, %lld tokens of %s (%lld in the text), budget %lld tokens per row\n",
-              model_name(*model).c_str(), n, text_path.string().c_str(), available, budget);
-  std::printf("candidates (vertical,slash):");
-  for (const auto& c : candidates) std::printf(" %s", sizes_text(c).c_str());
-  std::printf("\n");
+  std::printf("tune-sparse: %s, %lld tokens of %s (%lld in the text), target density %.3f, B <= %lld\n",
+              model_name(*model).c_str(), n, text_path.string().c_str(), available, target, budget);
+  std::printf("candidates per head: (vertical,slash) = (f*B, (1-f)*B), f in");
+  for (const double f : kShares) std::printf(" %.2f", f);
+  std::printf(", B sized to the target density\n");
   std::fflush(stdout);
 
-  SearchSelector search(candidates, cpu::num_threads());
+  SearchSelector search(target, static_cast<int>(budget), cpu::num_threads());
   const auto t_forward = Clock::now();
   (void)prompt_logits(model, ids, kTile, backend_from_args(args).get(), &search, 0, static_cast<int>(n) - 1);
   const double forward_s = seconds_since(t_forward);
@@ -221,52 +318,62 @@ int cmd_tune_sparse(const std::vector<std::string>& argv) {
     check(!layers[static_cast<std::size_t>(l)].recall.empty(), ErrorCode::kBackend,
           "tune-sparse: the backend did not probe layer " + std::to_string(l));
 
-  // Per head: the highest recall; ties (within kTieTolerance) go to the lower density, then to
-  // the earlier candidate.
-  const std::size_t nc = candidates.size();
+  // Per head: the highest recall among the sized candidates; ties (within kTieTolerance) go to the
+  // lower density, then to the earlier share.
+  constexpr std::size_t nc = kNumShares;
   const auto nh = static_cast<std::size_t>(mc.n_heads);
   VerticalSlashConfig config;
   config.model = model_name(*model);
   std::vector<std::vector<int>> winner(layers.size(), std::vector<int>(nh, 0));
   std::vector<int> wins(nc + 1, 0);  // the last: dense
+  std::vector<std::vector<int>> win_totals(nc);
   double win_recall = 0, win_density = 0, win_min = 1, eff_recall = 0, eff_density = 0;
   int dense_heads = 0;
   for (std::size_t l = 0; l < layers.size(); ++l) {
+    const auto& layer = layers[l];
     auto& row = config.heads.emplace_back();
     for (std::size_t h = 0; h < nh; ++h) {
       std::size_t best = 0;
       for (std::size_t c = 1; c < nc; ++c) {
-        const double d = layers[l].recall[c][h] - layers[l].recall[best][h];
-        if (d > kTieTolerance ||
-            (d >= -kTieTolerance && layers[l].density[c][h] < layers[l].density[best][h]))
+        const double d = layer.recall[c][h] - layer.recall[best][h];
+        if (d > kTieTolerance || (d >= -kTieTolerance && layer.density[c][h] < layer.density[best][h]))
           best = c;
       }
-      const double r = layers[l].recall[best][h];
+      const double r = layer.recall[best][h];
       win_recall += r;
-      win_density += layers[l].density[best][h];
+      win_density += layer.density[best][h];
       win_min = std::min(win_min, r);
       const bool dense = r < min_recall;
       winner[l][h] = dense ? -1 : static_cast<int>(best);
       wins[dense ? nc : best]++;
+      if (!dense) win_totals[best].push_back(layer.total[best][h]);
       dense_heads += dense ? 1 : 0;
       eff_recall += dense ? 1.0 : r;
-      eff_density += dense ? 1.0 : layers[l].density[best][h];
-      row.push_back(dense ? VerticalSlashSizes{0, 0, true} : candidates[best]);
+      eff_density += dense ? 1.0 : layer.density[best][h];
+      row.push_back(dense ? kDense : layer.sizes[best][h]);
     }
   }
-  // default_sizes: the most common winner (ties: the earlier candidate; dense last).
+  // default_sizes (for heads the config does not list): the most common winning share (ties: the
+  // earlier; dense last) at the median B of its winners.
   std::size_t common = 0;
   for (std::size_t c = 1; c <= nc; ++c)
     if (wins[c] > wins[common]) common = c;
-  config.default_sizes = common == nc ? VerticalSlashSizes{0, 0, true} : candidates[common];
+  if (common == nc) {
+    config.default_sizes = kDense;
+  } else {
+    auto& t = win_totals[common];
+    std::nth_element(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(t.size() / 2), t.end());
+    config.default_sizes = split(kShares[common], t[t.size() / 2]);
+  }
   save_vertical_slash_config(config, out);
 
   // The table: per layer, each head's winner and its recall.
   const auto total_heads = static_cast<double>(layers.size() * nh);
   const auto& l0 = layers.front();
   std::printf(
-      "scored %d query rows per head at positions %d..%d; forward + search %.1f s (search %.1f s)\n\n",
-      l0.rows, l0.first_row, l0.last_row, forward_s, search.search_s());
+      "scored %d query rows per head at positions %d..%d; forward + search %.1f s (search %.1f s, %lld "
+      "selects)\n\n",
+      l0.rows, l0.first_row, l0.last_row, forward_s, search.search_s(), search.selects());
   std::printf("layer  winner (vertical,slash) recall, per head%s\n",
               min_recall > 0 ? " (dense: best recall below --min-recall)" : "");
   for (std::size_t l = 0; l < layers.size(); ++l) {
@@ -277,32 +384,47 @@ int cmd_tune_sparse(const std::vector<std::string>& argv) {
       double r = layers[l].recall[shown][h];
       if (w < 0)
         for (std::size_t c = 0; c < nc; ++c) r = std::max(r, layers[l].recall[c][h]);
-      std::printf(" %11s %.3f", w < 0 ? "dense" : sizes_text(candidates[shown]).c_str(), r);
+      std::printf(" %11s %.3f", w < 0 ? "dense" : sizes_text(layers[l].sizes[shown][h]).c_str(), r);
     }
     std::printf("\n");
   }
 
-  std::printf("\nmean over %zu heads (recall of the exact attention mass; density = share of causal tiles)\n",
-              layers.size() * nh);
-  std::printf("  per-head winners      recall %.4f (min %.4f)  density %.3f\n", win_recall / total_heads,
+  std::printf(
+      "\nmean over %zu heads (recall of the exact attention mass; density = share of causal tiles, "
+      "target %.3f)\n",
+      layers.size() * nh, target);
+  std::printf("  per-head winners   recall %.4f (min %.4f)  density %.3f\n", win_recall / total_heads,
               win_min, win_density / total_heads);
   if (dense_heads > 0)
-    std::printf("  with %d dense heads   recall %.4f              density %.3f\n", dense_heads,
+    std::printf("  with %d dense heads recall %.4f              density %.3f\n", dense_heads,
                 eff_recall / total_heads, eff_density / total_heads);
   for (std::size_t c = 0; c < nc; ++c) {
-    double r = 0, d = 0, mn = 1;
+    double r = 0, d = 0, mn = 1, v = 0, s = 0;
+    int over = 0, capped = 0;
     for (const auto& layer : layers)
       for (std::size_t h = 0; h < nh; ++h) {
         r += layer.recall[c][h];
         d += layer.density[c][h];
         mn = std::min(mn, layer.recall[c][h]);
+        v += layer.sizes[c][h].vertical;
+        s += layer.sizes[c][h].slash;
+        over += layer.density[c][h] > target ? 1 : 0;
+        capped += layer.total[c][h] >= budget ? 1 : 0;
       }
-    std::printf("  fixed %-14s recall %.4f (min %.4f)  density %.3f\n", sizes_text(candidates[c]).c_str(),
-                r / total_heads, mn, d / total_heads);
+    std::printf("  f=%.2f             recall %.4f (min %.4f)  density %.3f  mean (v,s) (%.0f,%.0f)",
+                kShares[c], r / total_heads, mn, d / total_heads, v / total_heads, s / total_heads);
+    if (over > 0) std::printf("  %d heads over the target at the smallest B", over);
+    if (capped > 0) std::printf("  %d heads at the --budget cap", capped);
+    std::printf("\n");
   }
   std::printf("winners:");
   for (std::size_t c = 0; c <= nc; ++c)
-    if (wins[c] > 0) std::printf(" %s x%d", c == nc ? "dense" : sizes_text(candidates[c]).c_str(), wins[c]);
+    if (wins[c] > 0) {
+      if (c == nc)
+        std::printf(" dense x%d", wins[c]);
+      else
+        std::printf(" f=%.2f x%d", kShares[c], wins[c]);
+    }
   std::printf("; default %s\n", sizes_text(config.default_sizes).c_str());
   std::printf("wrote %s in %.1f s\n", out.c_str(), seconds_since(t_start));
   return 0;

@@ -30,9 +30,9 @@ commands:
   logits  --text TEXT --out FILE.npy [--chat] [--sparse SPEC] [--chunk N]
   make-model --shape llama3-8b|llama3-1b|smollm2-135m|tiny --out DIR [--seed N] [--dtype bf16|f16|f32]
           [--force] [--with-eos] [--shard-mb N] [--threads N]   (random weights, safetensors folder)
-  tune-sparse --out FILE.json [--text-file FILE] [--tokens N] [--budget B] [--min-recall R]
-          (per-head vertical-slash sizes from one forward pass over a calibration text; default text
-          bench/sparse/calibration.txt, 8000 tokens, budget 1024 tokens per query row)
+  tune-sparse --out FILE.json [--text-file FILE] [--tokens N] [--target-density D] [--budget B]
+          [--min-recall R] (per-head vertical-slash sizes from one forward pass over a calibration
+          text; default bench/sparse/calibration.txt, 8000 tokens, density 0.2, B uncapped)
   eval-sparse [--policies "SPEC;SPEC;..."] [--lengths 2048,4096,8184] [--depths 0.1,...] [--samples N]
           [--tasks passkey,needle] [--haystack FILE] [--fidelity-rows N] [--repeat N] [--prefill-chunk N]
           [--out-json FILE] [--no-retrieval] [--no-fidelity] [--no-timing]
