@@ -13,6 +13,14 @@
 // into one BlockSparseMaskView uploaded in one async copy before that layer's attention. A layer
 // whose masks are all dense runs the planned attention without a mask (dense causal over the same
 // tile-aligned work list). Without a selector the step is exactly the dense one.
+//
+// A selector with a pattern (the stock policies, SparseSelector::pattern()) takes the device path
+// instead: SparseIndexBuilder (chunkwise/cuda/sparse_index.hpp) is planned with the step and, in
+// every layer that is not one of the pattern's dense layers, builds the masks of the qualifying
+// chunks on the stream from s.q and the layer's K cache, with no host round trip. The masks'
+// counts per chunk and layer and the build time per layer (CUDA events) come back after the step's
+// last layer, with the logits (one small copy, no extra synchronisation); the selector then gets
+// one record() per chunk and layer, as select() would have counted them.
 #include "chunkwise/cuda/cuda_backend.hpp"
 
 #include <algorithm>
@@ -31,6 +39,7 @@
 #include "chunkwise/cuda/common.hpp"
 #include "chunkwise/cuda/gemm.hpp"
 #include "chunkwise/cuda/ops.hpp"
+#include "chunkwise/cuda/sparse_index.hpp"
 #include "chunkwise/policy/sparse/block_mask.hpp"
 
 namespace chunkwise::cuda {
@@ -233,6 +242,16 @@ struct CudaBackend::Impl {
   PinnedBytes mask_staging;
   DeviceBuffer<std::int32_t> mask_dev;
   BlockSparseMaskView mask_view;
+  // The device path (a selector with a pattern): the builder, its chunks (sparse_seqs' order),
+  // per layer a start and an end event around the build and whether it ran, the counts' download
+  // and the summary mask record() gets.
+  bool device_sparse = false;
+  SparseIndexBuilder index_builder;
+  std::vector<SparseIndexChunk> index_chunks;
+  std::vector<cudaEvent_t> index_events;
+  std::vector<char> index_built;
+  PinnedBytes index_counts;
+  BlockMask index_summary;
 
   Impl(std::shared_ptr<const Model> m, int nb, int bs, int dev, DType dt)
       : model(std::move(m)),
@@ -244,6 +263,7 @@ struct CudaBackend::Impl {
                                   : decltype(storage)(Storage<bf16>(model->weights()))) {}
 
   ~Impl() {
+    for (cudaEvent_t e : index_events) cudaEventDestroy(e);
     if (stream) cudaStreamDestroy(stream);
   }
   Impl(const Impl&) = delete;
@@ -263,6 +283,13 @@ struct CudaBackend::Impl {
   template <class E>
   const BlockSparseMaskView* sparse_mask(Storage<E>& s, const ForwardBatch& b, int l,
                                          const std::int32_t* d_pages, float scale);
+  // The device path's mask of layer l (null for a dense layer): built on the stream.
+  template <class E>
+  const BlockSparseMaskView* device_mask(Storage<E>& s, const ForwardBatch& b, int l,
+                                         const std::int32_t* d_pages, const BasicPagedKvView<E>& cache,
+                                         float scale);
+  // After the step's synchronisation: one record() per qualifying chunk and layer.
+  void report_device_masks(const ForwardBatch& b);
 
   template <class T>
   T* k_cache(Storage<T>& s, int l) {
@@ -348,6 +375,7 @@ int CudaBackend::Impl::plan_sparse(const ForwardBatch& b) {
   sparse_seqs.clear();
   probe_floats = 0;
   sparse_tile = 0;
+  device_sparse = false;
   if (b.sparse == nullptr) return 0;
   const ModelConfig& c = model->config();
   const int min_kv = b.sparse->min_kv_len();
@@ -379,6 +407,26 @@ int CudaBackend::Impl::plan_sparse(const ForwardBatch& b) {
   sparse_tile = b.sparse->tile();
   check(sparse_tile == 64 || sparse_tile == 128, ErrorCode::kInvalidArgument,
         "CUDA backend: sparse tile " + std::to_string(sparse_tile) + " (64 or 128 are supported)");
+  if (const SparsePattern* pattern = b.sparse->pattern()) {
+    const int pattern_tile = std::visit([](const auto& p) { return p.tile; }, *pattern);
+    check(pattern_tile == sparse_tile, ErrorCode::kInvalidArgument,
+          "CUDA backend: the selector's pattern has tile " + std::to_string(pattern_tile) +
+              ", its tile() is " + std::to_string(sparse_tile));
+    device_sparse = true;
+    index_chunks.clear();
+    for (const SparseSeq& q : sparse_seqs)
+      index_chunks.push_back({q.seq, q.query_begin, q.query_len, q.kv_len});
+    index_builder.plan(*pattern, {c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim}, index_chunks,
+                       static_cast<int>(b.num_seqs()), stream);
+    while (index_events.size() < 2 * static_cast<std::size_t>(c.n_layers)) {
+      cudaEvent_t e = nullptr;
+      check_cuda(cudaEventCreate(&e), "cudaEventCreate");
+      index_events.push_back(e);
+    }
+    index_built.assign(static_cast<std::size_t>(c.n_layers), 0);
+    index_counts.reserve(std::max<std::size_t>(index_builder.counts_size(), 1) * sizeof(std::int32_t));
+    return sparse_tile;
+  }
   probe_dev.reserve(grown(probe_floats, probe_dev.size()));
   probe_host.reserve(grown(probe_floats * sizeof(float), probe_host.capacity()));
   return sparse_tile;
@@ -482,6 +530,58 @@ const BlockSparseMaskView* CudaBackend::Impl::sparse_mask(Storage<E>& s, const F
   return &mask_view;
 }
 
+template <class E>
+const BlockSparseMaskView* CudaBackend::Impl::device_mask(Storage<E>& s, const ForwardBatch& b, int l,
+                                                          const std::int32_t* d_pages,
+                                                          const BasicPagedKvView<E>& cache, float scale) {
+  if (index_builder.dense_layer(l)) return nullptr;
+  const auto Q = static_cast<std::int64_t>(model->config().q_dim());
+  const auto lu = static_cast<std::size_t>(l);
+  check_cuda(cudaEventRecord(index_events[2 * lu], stream), "cudaEventRecord");
+  for (std::size_t i = 0; i < sparse_seqs.size(); ++i) {
+    const SparseSeq& q = sparse_seqs[i];
+    index_builder.build(static_cast<int>(i), l, s.q.get() + q.row_begin * Q, cache,
+                        d_pages + b.page_start[static_cast<std::size_t>(q.seq)], scale, stream);
+  }
+  const BlockSparseMaskView& view = index_builder.finish(l, stream);
+  check_cuda(cudaEventRecord(index_events[2 * lu + 1], stream), "cudaEventRecord");
+  index_built[lu] = 1;
+  return &view;
+}
+
+void CudaBackend::Impl::report_device_masks(const ForwardBatch& b) {
+  if (!device_sparse || b.sparse == nullptr) return;
+  const int layers = model->config().n_layers;
+  const auto n_chunks = sparse_seqs.size();
+  const auto* counts = reinterpret_cast<const std::int32_t*>(index_counts.get());
+  for (int l = 0; l < layers; ++l) {
+    const auto lu = static_cast<std::size_t>(l);
+    double seconds = 0;
+    if (index_built[lu] != 0) {
+      float ms = 0;
+      check_cuda(cudaEventElapsedTime(&ms, index_events[2 * lu], index_events[2 * lu + 1]),
+                 "cudaEventElapsedTime");
+      seconds = static_cast<double>(ms) * 1e-3 / static_cast<double>(std::max<std::size_t>(n_chunks, 1));
+    }
+    for (std::size_t i = 0; i < n_chunks; ++i) {
+      const int chunk = static_cast<int>(i);
+      if (index_built[lu] == 0 || index_builder.dense_chunk(chunk)) {
+        // A dense layer: what select() returns there (dense, no index).
+        index_builder.summary(chunk, 0, 0, index_summary);
+        index_summary.dense = true;
+        index_summary.row_ptr.clear();
+        index_summary.col_index.clear();
+        index_summary.column_ptr.clear();
+        index_summary.column_index.clear();
+      } else {
+        const std::size_t at = (lu * n_chunks + i) * 2;
+        index_builder.summary(chunk, counts[at], counts[at + 1], index_summary);
+      }
+      b.sparse->record(index_summary, seconds);
+    }
+  }
+}
+
 // Runs the model on b up to the logits of the wanted rows, left in m.logits on the device;
 // `extra` arrays ride along in the batch's one metadata upload (their device offsets come back).
 std::vector<std::size_t> CudaBackend::Impl::run(const ForwardBatch& b, std::size_t logits_size,
@@ -543,7 +643,11 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
     rope_write_kv(qkv.get(), T, c.n_heads, c.n_kv_heads, c.head_dim, d_pos, inv_freq.get(), d_slots,
                   s.q.get(), k_cache(s, l), v_cache(s, l), block_size, st);
     const BasicPagedKvView<E> cache{k_cache(s, l), v_cache(s, l), block_size, c.n_kv_heads, c.head_dim};
-    const BlockSparseMaskView* mask = sparse_seqs.empty() ? nullptr : sparse_mask(s, b, l, ab.pages, scale);
+    const BlockSparseMaskView* mask = nullptr;
+    if (device_sparse)
+      mask = device_mask(s, b, l, ab.pages, cache, scale);
+    else if (!sparse_seqs.empty())
+      mask = sparse_mask(s, b, l, ab.pages, scale);
     attention.run(s.q.get(), cache, ab, mask, scale, s.attn.get(), st);
     gemm.linear(s.attn.get(), T, Q, L.wo.get(), H, x.get(), 1.0f, st);  // += residual
     add_rms_norm(x.get(), nullptr, L.ffn_norm.get(), T, H, c.rms_eps, s.h.get(), st);
@@ -551,6 +655,11 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
     swiglu(gate_up.get(), T, F, s.act.get(), st);
     gemm.linear(s.act.get(), T, F, L.w_down.get(), H, x.get(), 1.0f, st);  // += residual
   }
+  if (device_sparse && index_builder.counts_size() > 0)
+    check_cuda(
+        cudaMemcpyAsync(index_counts.get(), index_builder.counts(),
+                        index_builder.counts_size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost, st),
+        "download sparse mask counts");
   if (n_out > 0) {
     add_rms_norm(x.get(), nullptr, s.output_norm.get(), T, H, c.rms_eps, s.h.get(), st);
     gather_rows(s.h.get(), H, reinterpret_cast<const std::int32_t*>(dev(o_logit_rows)), n_out, s.h_out.get(),
@@ -568,6 +677,7 @@ void CudaBackend::forward(const ForwardBatch& b, std::span<float> out) {
     check_cuda(cudaMemcpyAsync(out.data(), m.logits.get(), n * sizeof(float), cudaMemcpyDeviceToHost, m.stream),
                "download logits");
   check_cuda(cudaStreamSynchronize(m.stream), "forward");
+  m.report_device_masks(b);
 }
 
 void CudaBackend::forward_sample(const ForwardBatch& b, std::span<const SampleRow> rows, std::span<TokenId> out) {
@@ -595,6 +705,7 @@ void CudaBackend::forward_sample(const ForwardBatch& b, std::span<const SampleRo
                "download tokens");
   }
   check_cuda(cudaStreamSynchronize(m.stream), "forward");
+  m.report_device_masks(b);
 }
 
 const Model& CudaBackend::model() const { return *impl_->model; }

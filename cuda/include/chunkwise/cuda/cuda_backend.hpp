@@ -30,10 +30,12 @@ class CudaBackend {
   CudaBackend& operator=(CudaBackend&&) noexcept;
 
   // Runs the model on batch and writes logits [batch.logit_rows.size(), vocab] (fp32, host) into
-  // logits. Same errors as CpuBackend::forward. With batch.sparse, every qualifying chunk is probed
-  // in every layer (its q and keys copied to the host as fp32, one synchronisation per layer) and
-  // attended with the selector's mask; such a chunk's rows must sit at consecutive positions ending
-  // at kv_len - 1 (else Error(kInvalidArgument)). Without it the step is unchanged.
+  // logits. Same errors as CpuBackend::forward. With batch.sparse, every qualifying chunk is
+  // attended with the selector's mask in every layer; such a chunk's rows must sit at consecutive
+  // positions ending at kv_len - 1 (else Error(kInvalidArgument)). A selector with a pattern (the
+  // stock policies) has its masks built on the GPU inside the step (SparseIndexBuilder) and
+  // reported through record(); any other is probed (its q and keys copied to the host as fp32, one
+  // synchronisation per layer) and asked with select(). Without a selector the step is unchanged.
   void forward(const ForwardBatch& batch, std::span<float> logits);
   // forward() and one token per logits row sampled on the device, exactly as chunkwise::sample()
   // draws it: only token ids come back to the host.
