@@ -594,6 +594,9 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
                                                 const std::vector<std::span<const std::byte>>& extra) {
   const ModelConfig& c = model->config();
   validate(b, logits_size, c.vocab, num_blocks, block_size);
+  // Loading reused chunk KV and recomputing a subset of rows is implemented on the CPU backend only.
+  check(b.recompute == nullptr, ErrorCode::kUnsupported,
+        "selective recompute (chunk reuse) is not implemented on the CUDA backend yet");
   for (const TokenId t : b.tokens)
     check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange,
           "token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) + ")");

@@ -11,6 +11,8 @@
 
 namespace chunkwise {
 
+struct SelectiveRecompute;  // chunkwise/backend/selective_recompute.hpp
+
 struct ForwardBatch {
   std::vector<TokenId> tokens;            // [rows]
   std::vector<std::int32_t> positions;    // [rows]
@@ -24,13 +26,19 @@ struct ForwardBatch {
   // than one query row and at least sparse->min_kv_len() keys is probed and attended with the
   // mask sparse->select() returns (its rows must sit at consecutive positions).
   SparseSelector* sparse = nullptr;
+  // Chunk reuse: null for a plain forward. Otherwise the batch is one prefill sequence whose reused
+  // chunks' KV is already in the cache, and only the rows the recompute selects run past its check
+  // layer (see selective_recompute.hpp). Not combined with sparse.
+  const SelectiveRecompute* recompute = nullptr;
 
   [[nodiscard]] std::int64_t rows() const { return static_cast<std::int64_t>(tokens.size()); }
   [[nodiscard]] std::int64_t num_seqs() const { return static_cast<std::int64_t>(kv_len.size()); }
 };
 
 // Throws Error(kInvalidArgument) when the metadata is inconsistent or points outside a pool of
-// num_blocks blocks of block_size tokens, or logits_size floats cannot hold the wanted rows.
+// num_blocks blocks of block_size tokens, or logits_size floats cannot hold the wanted rows; with
+// recompute set, also when it breaks its contract (all but check_layer < n_layers, which the backend
+// checks).
 void validate(const ForwardBatch& batch, std::size_t logits_size, int vocab, int num_blocks, int block_size);
 
 }  // namespace chunkwise

@@ -1,6 +1,6 @@
 // Llama-family decoder forward on the CPU (fp32), the reference every other backend is
 // checked against. Rows of the batch meet only inside attention, where each sequence sees only
-// its own pages.
+// its own pages. A selective recompute (chunk reuse) narrows the rows after its check layer.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -8,8 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "chunkwise/backend/chunk_kv.hpp"
 #include "chunkwise/backend/cpu/cpu_backend.hpp"
 #include "chunkwise/backend/cpu/ops.hpp"
+#include "chunkwise/backend/selective_recompute.hpp"
 #include "chunkwise/core/error.hpp"
 
 namespace chunkwise {
@@ -59,6 +61,69 @@ void dense_run(const ForwardBatch& b, std::size_t s0, std::size_t s1, const cpu:
       std::span(b.kv_len).subspan(s0, s1 - s0),
       std::span(b.positions).subspan(static_cast<std::size_t>(q0), rows)};
   cpu::paged_attention(q + q0 * row_floats, cache, ab, n_heads, scale, out + q0 * row_floats);
+}
+
+// d_j = sum over dims of (K_new[j] - K_old[j])^2 for every chunk row j of a selective batch: K_new the
+// check layer's fresh post-RoPE keys k_new [rows, kv_dim], K_old the loaded key still at the row's slot
+// in k_cache. Always rows have no loaded key and get 0.
+std::vector<float> key_deviation(const SelectiveRecompute& r, const float* k_new, const float* k_cache,
+                                 std::span<const std::int64_t> slots, std::int64_t kv_dim) {
+  std::vector<float> d(slots.size(), 0.0f);
+  for (const auto& c : r.chunks) {
+    for (std::int32_t j = c.begin; j < c.end; ++j) {
+      const float* fresh = k_new + static_cast<std::int64_t>(j) * kv_dim;
+      const float* loaded = k_cache + slots[static_cast<std::size_t>(j)] * kv_dim;
+      double sum = 0.0;
+      for (std::int64_t i = 0; i < kv_dim; ++i) {
+        const double e = static_cast<double>(fresh[i]) - loaded[i];
+        sum += e * e;
+      }
+      d[static_cast<std::size_t>(j)] = static_cast<float>(sum);
+    }
+  }
+  return d;
+}
+
+void fill_report(const SelectiveRecompute& r, std::vector<float> deviation,
+                 const std::vector<std::int32_t>& rows) {
+  SelectiveRecomputeReport& out = *r.report;
+  out.rows = rows;
+  out.chunk_deviation.clear();
+  for (const auto& c : r.chunks) {
+    double sum = 0.0;
+    for (std::int32_t j = c.begin; j < c.end; ++j) sum += deviation[static_cast<std::size_t>(j)];
+    out.chunk_deviation.push_back(static_cast<float>(sum / (c.end - c.begin)));
+  }
+  out.row_deviation = std::move(deviation);
+}
+
+// The metadata of the rows a selective recompute carries past its check layer.
+struct NarrowedRows {
+  std::vector<std::int32_t> positions;
+  std::vector<std::int64_t> slots;
+  std::vector<std::int32_t> query_start;
+  std::vector<std::int32_t> logit_rows;  // the batch's logit rows, renumbered among the kept rows
+};
+
+// Keeps the batch rows `keep` (ascending) of the activations x [rows, dim] in place, moved to the
+// front, and returns their metadata.
+NarrowedRows narrow_rows(const ForwardBatch& b, std::span<const std::int32_t> keep, float* x,
+                         std::int64_t dim) {
+  NarrowedRows n;
+  for (std::size_t i = 0; i < keep.size(); ++i) {
+    const auto row = static_cast<std::size_t>(keep[i]);
+    // keep[i] >= i, so the source row is never one already overwritten.
+    if (row != i)
+      std::copy_n(x + static_cast<std::int64_t>(row) * dim, dim, x + static_cast<std::int64_t>(i) * dim);
+    n.positions.push_back(b.positions[row]);
+    n.slots.push_back(b.slots[row]);
+  }
+  n.query_start = {0, static_cast<std::int32_t>(keep.size())};
+  // validate() made every logit row an always row, and always rows are all kept.
+  for (const auto r : b.logit_rows)
+    n.logit_rows.push_back(
+        static_cast<std::int32_t>(std::lower_bound(keep.begin(), keep.end(), r) - keep.begin()));
+  return n;
 }
 }  // namespace
 
@@ -124,6 +189,49 @@ void CpuBackend::load_block(BlockId dst, std::span<const std::byte> src) {
     }
 }
 
+void CpuBackend::write_chunk_kv(const ChunkKv& kv, std::int32_t position,
+                                std::span<const std::int64_t> slots) {
+  const ModelConfig& c = model_->config();
+  check_chunk_placement(kv, c, position, slots, num_blocks_, block_size_);
+  const auto kv_dim = static_cast<std::size_t>(c.kv_dim());
+  const auto n = static_cast<std::size_t>(kv.n_tokens);
+  std::vector<float> k(n * kv_dim);  // one layer's keys, rotated to their new positions
+  for (int l = 0; l < c.n_layers; ++l) {
+    const auto stored_k = kv.k(l);
+    const auto stored_v = kv.v(l);
+    std::copy(stored_k.begin(), stored_k.end(), k.begin());
+    rotate_keys(k, c.n_kv_heads, c.head_dim, position - kv.position0, inv_freq_);
+    // The cache is [num_blocks, block_size, kv_dim] per layer: slot s starts at s * kv_dim.
+    float* k_layer = k_cache_[static_cast<std::size_t>(l)].data();
+    float* v_layer = v_cache_[static_cast<std::size_t>(l)].data();
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto dst = static_cast<std::size_t>(slots[i]) * kv_dim;
+      std::copy_n(k.data() + i * kv_dim, kv_dim, k_layer + dst);
+      std::copy_n(stored_v.data() + i * kv_dim, kv_dim, v_layer + dst);
+    }
+  }
+}
+
+ChunkKv CpuBackend::read_chunk_kv(std::span<const TokenId> tokens, std::int32_t position0,
+                                  std::span<const std::int64_t> slots) const {
+  const ModelConfig& c = model_->config();
+  ChunkKv kv = ChunkKv::zeros(tokens, c.n_layers, c.kv_dim(), position0);
+  check_chunk_placement(kv, c, position0, slots, num_blocks_, block_size_);
+  const auto kv_dim = static_cast<std::size_t>(c.kv_dim());
+  for (int l = 0; l < c.n_layers; ++l) {
+    const float* k_layer = k_cache_[static_cast<std::size_t>(l)].data();
+    const float* v_layer = v_cache_[static_cast<std::size_t>(l)].data();
+    const auto k = kv.k(l);
+    const auto v = kv.v(l);
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      const auto src = static_cast<std::size_t>(slots[i]) * kv_dim;
+      std::copy_n(k_layer + src, kv_dim, k.data() + i * kv_dim);
+      std::copy_n(v_layer + src, kv_dim, v.data() + i * kv_dim);
+    }
+  }
+  return kv;
+}
+
 void CpuBackend::sparse_layer_attention(const ForwardBatch& b, int layer, const cpu::PagedKv& cache,
                                         float scale) {
   const ModelConfig& c = model_->config();
@@ -172,7 +280,13 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
   validate(b, logits.size(), model_->config().vocab, num_blocks_, block_size_);
   const ModelConfig& c = model_->config();
   const ModelWeights& w = model_->weights();
-  const std::int64_t T = b.rows();
+  const SelectiveRecompute* recompute = b.recompute;
+  if (recompute != nullptr) {
+    check(recompute->check_layer < c.n_layers, ErrorCode::kInvalidArgument,
+          "forward batch: selective recompute: check_layer " + std::to_string(recompute->check_layer) +
+              " must be below the model's " + std::to_string(c.n_layers) + " layers");
+  }
+  std::int64_t T = b.rows();
   if (T == 0) return;
   const std::int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn;
   ensure(x_, T * H), ensure(h_, T * H), ensure(q_, T * Q), ensure(k_, T * KV), ensure(v_, T * KV);
@@ -181,7 +295,13 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
   if (b.sparse != nullptr) check_sparse_chunks(b);
 
   cpu::embed(w.token_embedding.data.data(), w.token_embedding.rows, H, b.tokens.data(), T, x_.data());
-  const cpu::AttentionBatch ab{b.query_start, b.page_start, b.pages, b.kv_len, b.positions};
+  // The rows that run through the layers: the whole batch, until a selective recompute's check
+  // layer narrows them to the rows it selects (then these views point into `narrowed`).
+  std::span<const std::int32_t> positions = b.positions;
+  std::span<const std::int64_t> slots = b.slots;
+  std::span<const std::int32_t> logit_rows = b.logit_rows;
+  cpu::AttentionBatch ab{b.query_start, b.page_start, b.pages, b.kv_len, b.positions};
+  NarrowedRows narrowed;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
   for (int l = 0; l < c.n_layers; ++l) {
@@ -190,12 +310,20 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
     cpu::matmul_nt(h_.data(), T, H, L.wq.data.data(), Q, q_.data());
     cpu::matmul_nt(h_.data(), T, H, L.wk.data.data(), KV, k_.data());
     cpu::matmul_nt(h_.data(), T, H, L.wv.data.data(), KV, v_.data());
-    cpu::rope(q_.data(), T, c.n_heads, c.head_dim, b.positions.data(), inv_freq_);
-    cpu::rope(k_.data(), T, c.n_kv_heads, c.head_dim, b.positions.data(), inv_freq_);
+    cpu::rope(q_.data(), T, c.n_heads, c.head_dim, positions.data(), inv_freq_);
+    cpu::rope(k_.data(), T, c.n_kv_heads, c.head_dim, positions.data(), inv_freq_);
     const cpu::PagedKv cache{k_cache_[static_cast<std::size_t>(l)].data(),
                              v_cache_[static_cast<std::size_t>(l)].data(), block_size_, c.n_kv_heads,
                              c.head_dim};
-    cpu::write_kv(cache, k_.data(), v_.data(), b.slots.data(), T);
+    // At the check layer the loaded keys are still in the cache: measure, then overwrite them.
+    const bool check_layer = recompute != nullptr && l == recompute->check_layer;
+    std::vector<std::int32_t> keep;
+    if (check_layer) {
+      std::vector<float> deviation = key_deviation(*recompute, k_.data(), cache.k, slots, KV);
+      keep = select_recompute_rows(*recompute, deviation);
+      if (recompute->report != nullptr) fill_report(*recompute, std::move(deviation), keep);
+    }
+    cpu::write_kv(cache, k_.data(), v_.data(), slots.data(), T);
     if (b.sparse == nullptr) {
       cpu::paged_attention(q_.data(), cache, ab, c.n_heads, scale, attn_.data());
     } else {
@@ -210,14 +338,24 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
     cpu::swiglu(gate_.data(), up_.data(), T * F, gate_.data());
     cpu::matmul_nt(gate_.data(), T, F, L.w_down.data.data(), H, o_.data());
     for (std::int64_t i = 0; i < T * H; ++i) x_[i] += o_[i];
+
+    // Keeping every row (all ratios 1) changes nothing: the same ops on the same rows as a full prefill.
+    if (check_layer && static_cast<std::int64_t>(keep.size()) < T) {
+      narrowed = narrow_rows(b, keep, x_.data(), H);
+      T = static_cast<std::int64_t>(keep.size());
+      positions = narrowed.positions;
+      slots = narrowed.slots;
+      logit_rows = narrowed.logit_rows;
+      ab = {narrowed.query_start, b.page_start, b.pages, b.kv_len, narrowed.positions};
+    }
   }
 
   // Only the rows whose next token is wanted go through the final norm and the LM head.
-  const auto n_out = static_cast<std::int64_t>(b.logit_rows.size());
+  const auto n_out = static_cast<std::int64_t>(logit_rows.size());
   if (n_out == 0) return;
   ensure(o_, n_out * H), ensure(h_, n_out * H);
   for (std::int64_t i = 0; i < n_out; ++i) {
-    const float* src = x_.data() + static_cast<std::int64_t>(b.logit_rows[static_cast<std::size_t>(i)]) * H;
+    const float* src = x_.data() + static_cast<std::int64_t>(logit_rows[static_cast<std::size_t>(i)]) * H;
     std::copy(src, src + H, o_.data() + i * H);
   }
   cpu::rms_norm(o_.data(), w.output_norm.data(), n_out, H, c.rms_eps, h_.data());

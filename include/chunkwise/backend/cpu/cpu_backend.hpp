@@ -2,11 +2,13 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <vector>
 
 #include "chunkwise/backend/forward_batch.hpp"
+#include "chunkwise/kv/chunk_store.hpp"
 #include "chunkwise/model/model.hpp"
 
 namespace chunkwise {
@@ -21,6 +23,8 @@ class CpuBackend {
   CpuBackend(std::shared_ptr<const Model> model, int num_blocks, int block_size);
 
   // Runs the model on batch and writes logits [batch.logit_rows.size(), vocab] into logits.
+  // With batch.recompute set, only the rows it selects run past its check layer and the loaded KV
+  // of the others stays (selective_recompute.hpp); its report, when set, is filled.
   // Throws Error(kInvalidArgument) on inconsistent metadata, kTokenOutOfRange on a bad token.
   void forward(const ForwardBatch& batch, std::span<float> logits);
 
@@ -36,6 +40,16 @@ class CpuBackend {
   void copy_block(BlockId src, BlockId dst);
   void save_block(BlockId src, std::span<std::byte> dst) const;
   void load_block(BlockId dst, std::span<const std::byte> src);
+
+  // Chunk reuse. write_chunk_kv places a stored chunk at positions [position, position + n_tokens)
+  // of a sequence: every layer's K and V go to slots (one per token, as ForwardBatch::slots), keys
+  // rotated by position - kv.position0 (rotate_keys). read_chunk_kv is the reverse, without
+  // rotation: the KV at slots of tokens computed at positions position0.., ready for a ChunkStore
+  // (typically after a prefill of the chunk alone). Both throw Error(kInvalidArgument) for a chunk
+  // of another shape or a slot outside the pool (check_chunk_placement).
+  void write_chunk_kv(const ChunkKv& kv, std::int32_t position, std::span<const std::int64_t> slots);
+  [[nodiscard]] ChunkKv read_chunk_kv(std::span<const TokenId> tokens, std::int32_t position0,
+                                      std::span<const std::int64_t> slots) const;
 
  private:
   [[nodiscard]] std::size_t block_floats() const;

@@ -1,0 +1,132 @@
+// Selective KV recompute: the backend half of chunk reuse (CacheBlend in LMCache's production form,
+// METHODS 2.6; Cache-Craft's adaptive per-chunk ratio, 2.7). A prompt
+// [system][chunk 1]...[chunk m][question] whose chunks' KV were computed standalone and written into
+// the sequence's cache at their new positions (CpuBackend::write_chunk_kv) runs as ONE prefill
+// sequence with ForwardBatch::recompute set:
+//   - layers 0 .. check_layer compute every row afresh and overwrite the loaded K/V: the first
+//     layers are cheap to redo and the check layer needs every row's fresh K;
+//   - at check_layer, before its cache is overwritten, each chunk row j gets the deviation
+//     d_j = sum over dims of (K_new[j] - K_old[j])^2 on post-RoPE keys (K_old: the loaded,
+//     re-rotated key). The rows whose loaded KV is most wrong are those that attend most to what
+//     the chunk did not see when it was computed alone;
+//   - per chunk the ceil(ratio * rows) rows of highest deviation are selected (raised evenly until
+//     min_tokens chunk rows are, see recompute_quotas), plus every `always` row;
+//   - layers after check_layer run only the selected rows: their fresh K/V overwrite the cache at
+//     their slots, every other position keeps the loaded K/V, and the selected queries attend to all
+//     keys of the sequence, causally by position.
+// Every chunk at ratio 1 is a full prefill (bitwise the same logits); ratio 0 everywhere with
+// min_tokens 0 reuses all chunk KV from layer check_layer + 1 on.
+//
+// Contract (validate(ForwardBatch) throws Error(kInvalidArgument) otherwise): the batch holds one
+// sequence; every row lies in exactly one chunk or one always range (a row outside every chunk has
+// no loaded KV, so it must be recomputed); ranges are non-empty; ratios are in [0, 1];
+// min_tokens >= 0; 0 <= check_layer < n_layers (checked by the backend, which knows the model);
+// logit rows are always rows (the rows past check_layer are a subset the backend chooses); and
+// `sparse` is not set too (one batch is either sparse or selective).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <span>
+#include <vector>
+
+namespace chunkwise {
+
+// What a selective forward did, for the reuse policy's statistics and the quality report.
+struct SelectiveRecomputeReport {
+  std::vector<std::int32_t> rows;      // batch rows recomputed in the layers after check_layer, ascending
+  std::vector<float> row_deviation;    // [batch rows]: d_j at check_layer; 0 for always rows
+  std::vector<float> chunk_deviation;  // per chunk, in the order given: mean d_j over its rows
+};
+
+struct SelectiveRecompute {
+  // A row range [begin, end) of the batch.
+  struct Rows {
+    std::int32_t begin = 0;
+    std::int32_t end = 0;
+  };
+  // A reused chunk: its rows (KV already loaded at their slots) and the share of them to recompute.
+  // CacheBlend gives every chunk the same ratio; an adaptive policy (Cache-Craft) gives each its own.
+  struct Chunk {
+    std::int32_t begin = 0;
+    std::int32_t end = 0;
+    double ratio = 0.15;
+  };
+
+  int check_layer = 1;        // CacheBlend and LMCache check at layer 1
+  std::vector<Chunk> chunks;  // disjoint
+  // Recomputed through every layer: a system prefix that was not reused, the question.
+  std::vector<Rows> always;
+  // At least min(min_tokens, chunk rows) chunk rows are recomputed (LMCache's blend_min_tokens): on a
+  // short prompt a small ratio would leave too few rows to repair the KV.
+  std::int32_t min_tokens = 256;
+  SelectiveRecomputeReport* report = nullptr;  // filled by the forward when set
+};
+
+// ceil(ratio * n) in [0, n]. The guard keeps products such as 0.15 * 200 = 30.000000000000004 at 30.
+inline std::int32_t recompute_share(double ratio, std::int32_t n) {
+  const double rows = std::ceil(ratio * static_cast<double>(n) - 1e-9);
+  return static_cast<std::int32_t>(std::clamp(rows, 0.0, static_cast<double>(n)));
+}
+
+// How many rows of each chunk are recomputed: recompute_share(ratio, rows of the chunk), and when
+// that totals fewer than min(min_tokens, all chunk rows), every chunk's ratio raised by the same
+// smallest amount delta (capped at 1) that reaches it. The result may pass the target by a few rows
+// (one ceil per chunk).
+inline std::vector<std::int32_t> recompute_quotas(const SelectiveRecompute& r) {
+  auto quotas = [&](double delta) {
+    std::vector<std::int32_t> q;
+    q.reserve(r.chunks.size());
+    for (const auto& c : r.chunks)
+      q.push_back(recompute_share(std::min(1.0, c.ratio + delta), c.end - c.begin));
+    return q;
+  };
+  auto total = [](const std::vector<std::int32_t>& q) {
+    return std::accumulate(q.begin(), q.end(), std::int64_t{0});
+  };
+  std::int64_t chunk_rows = 0;
+  for (const auto& c : r.chunks) chunk_rows += c.end - c.begin;
+  const std::int64_t target = std::min<std::int64_t>(r.min_tokens, chunk_rows);
+  std::vector<std::int32_t> q = quotas(0.0);
+  if (total(q) >= target) return q;
+  // total(quotas(delta)) does not decrease with delta and reaches chunk_rows at delta = 1.
+  double lo = 0.0, hi = 1.0;
+  for (int i = 0; i < 64 && hi - lo > 1e-12; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (total(quotas(mid)) >= target ? hi : lo) = mid;
+  }
+  return quotas(hi);
+}
+
+// The rows a selective forward carries past check_layer, ascending: per chunk its quota of rows with
+// the highest deviation (ties to the earlier row; a NaN deviation counts as the highest), then every
+// always row. deviation has one entry per batch row.
+inline std::vector<std::int32_t> select_recompute_rows(const SelectiveRecompute& r,
+                                                       std::span<const float> deviation) {
+  const std::vector<std::int32_t> quota = recompute_quotas(r);
+  auto key = [&](std::int32_t j) {
+    const float d = deviation[static_cast<std::size_t>(j)];
+    return std::isnan(d) ? std::numeric_limits<float>::infinity() : d;
+  };
+  std::vector<std::int32_t> rows;
+  std::vector<std::int32_t> candidates;
+  for (std::size_t c = 0; c < r.chunks.size(); ++c) {
+    candidates.resize(static_cast<std::size_t>(r.chunks[c].end - r.chunks[c].begin));
+    std::iota(candidates.begin(), candidates.end(), r.chunks[c].begin);
+    const auto k = static_cast<std::ptrdiff_t>(quota[c]);
+    std::partial_sort(
+        candidates.begin(), candidates.begin() + k, candidates.end(),
+        [&](std::int32_t a, std::int32_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); });
+    rows.insert(rows.end(), candidates.begin(), candidates.begin() + k);
+  }
+  for (const auto& a : r.always)
+    for (std::int32_t j = a.begin; j < a.end; ++j) rows.push_back(j);
+  std::sort(rows.begin(), rows.end());
+  return rows;
+}
+
+}  // namespace chunkwise
