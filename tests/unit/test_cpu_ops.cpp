@@ -11,6 +11,7 @@
 #include "catch.hpp"
 #include "chunkwise/backend/cpu/ops.hpp"
 #include "chunkwise/core/error.hpp"
+#include "random_model.hpp"
 
 namespace {
 
@@ -18,12 +19,7 @@ using chunkwise::Error;
 using chunkwise::ErrorCode;
 namespace cpu = chunkwise::cpu;
 
-std::vector<float> random_vector(std::size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using chunkwise::test::random_vector;
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<double>& b) {
   REQUIRE(a.size() == b.size());

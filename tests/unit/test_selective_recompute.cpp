@@ -21,55 +21,12 @@
 #include "chunkwise/backend/selective_recompute.hpp"
 #include "chunkwise/policy/sparse/sparse_selector.hpp"
 #include "error_code.hpp"
+#include "random_model.hpp"
 
 using namespace chunkwise;
 using test::error_code;
 
 namespace {
-
-std::vector<float> random_vector(std::size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
-
-// A tiny random Llama model: 4 layers, so that layers before, at and after the check layer exist.
-std::shared_ptr<const Model> tiny_model(std::mt19937& rng) {
-  LoadedModel m;
-  ModelConfig& c = m.config;
-  c.name = "tiny";
-  c.n_layers = 4;
-  c.hidden = 64;
-  c.ffn = 96;
-  c.n_heads = 6;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.vocab = 40;
-  c.max_context = 4096;
-  auto matrix = [&](std::int64_t rows, std::int64_t cols, float range) {
-    Matrix w(rows, cols);
-    w.data = random_vector(static_cast<std::size_t>(rows * cols), rng, -range, range);
-    return w;
-  };
-  m.weights.token_embedding = matrix(c.vocab, c.hidden, 1.0f);
-  for (int l = 0; l < c.n_layers; ++l) {
-    LayerWeights L;
-    L.attn_norm.assign(static_cast<std::size_t>(c.hidden), 1.0f);
-    L.ffn_norm.assign(static_cast<std::size_t>(c.hidden), 1.0f);
-    L.wq = matrix(c.q_dim(), c.hidden, 0.4f);
-    L.wk = matrix(c.kv_dim(), c.hidden, 0.4f);
-    L.wv = matrix(c.kv_dim(), c.hidden, 0.3f);
-    L.wo = matrix(c.hidden, c.q_dim(), 0.2f);
-    L.w_gate = matrix(c.ffn, c.hidden, 0.2f);
-    L.w_up = matrix(c.ffn, c.hidden, 0.2f);
-    L.w_down = matrix(c.hidden, c.ffn, 0.2f);
-    m.weights.layers.push_back(std::move(L));
-  }
-  m.weights.output_norm.assign(static_cast<std::size_t>(c.hidden), 1.0f);
-  m.source = "random";
-  return std::make_shared<const Model>(std::move(m));
-}
 
 constexpr int kBlock = 16;
 
@@ -189,7 +146,7 @@ TEST_CASE("rotate_keys moves a rotated key to another position, with and without
   llama3.factor = 8.0f;
   for (const RopeScaling& scaling : {RopeScaling{}, llama3}) {
     const auto inv_freq = cpu::rope_inv_freq(dim, 500000.0f, scaling);
-    const auto k = random_vector(static_cast<std::size_t>(heads * dim), rng);
+    const auto k = test::random_vector(static_cast<std::size_t>(heads * dim), rng);
     for (const auto& [from, to] : {std::pair{0, 500}, std::pair{37, 4000}, std::pair{900, 3}}) {
       CAPTURE(scaling.enabled, from, to);
       auto moved = k;
@@ -216,13 +173,13 @@ TEST_CASE("paged attention of rows at scattered positions equals those rows of t
   std::mt19937 rng(13);
   const int n_heads = 6, n_kv = 2, dim = 16, kv_len = 90, block = 16;
   const int pages = (kv_len + block - 1) / block;
-  std::vector<float> k = random_vector(static_cast<std::size_t>(pages * block * n_kv * dim), rng);
-  std::vector<float> v = random_vector(k.size(), rng);
+  std::vector<float> k = test::random_vector(static_cast<std::size_t>(pages * block * n_kv * dim), rng);
+  std::vector<float> v = test::random_vector(k.size(), rng);
   const cpu::PagedKv cache{k.data(), v.data(), block, n_kv, dim};
   std::vector<std::int32_t> page_list(static_cast<std::size_t>(pages));
   std::iota(page_list.begin(), page_list.end(), 0);
   const std::vector<std::int32_t> page_start = {0, pages}, lens = {kv_len};
-  const auto q = random_vector(static_cast<std::size_t>(kv_len * n_heads * dim), rng);
+  const auto q = test::random_vector(static_cast<std::size_t>(kv_len * n_heads * dim), rng);
   std::vector<std::int32_t> all(static_cast<std::size_t>(kv_len));
   std::iota(all.begin(), all.end(), 0);
   const std::vector<std::int32_t> all_start = {0, kv_len};
@@ -244,7 +201,7 @@ TEST_CASE("paged attention of rows at scattered positions equals those rows of t
 
 TEST_CASE("chunk KV goes out of the cache and back in bit for bit; bad shapes are refused", "[reuse]") {
   std::mt19937 rng(11);
-  const auto model = tiny_model(rng);
+  const auto model = test::tiny_model(rng, 4);
   const Prompt p = random_prompt(rng);
   CpuBackend a(model, 8, kBlock);
   std::vector<float> logits(40);
@@ -284,7 +241,7 @@ TEST_CASE("chunk KV goes out of the cache and back in bit for bit; bad shapes ar
 
 TEST_CASE("a selective forward at ratio 1 is the full prefill, bit for bit", "[reuse]") {
   std::mt19937 rng(3);
-  const auto model = tiny_model(rng);
+  const auto model = test::tiny_model(rng, 4);
   const Prompt p = random_prompt(rng);
   const ForwardBatch plain = prefill(p.tokens, 0);
   std::vector<float> full(40), again(40);
@@ -311,7 +268,7 @@ TEST_CASE("a selective forward at ratio 1 is the full prefill, bit for bit", "[r
 
 TEST_CASE("a selective forward keeps the loaded KV of the rows it does not recompute", "[reuse]") {
   std::mt19937 rng(5);
-  const auto model = tiny_model(rng);
+  const auto model = test::tiny_model(rng, 4);
   const Prompt p = random_prompt(rng);
   const ForwardBatch plain = prefill(p.tokens, 0);
   std::vector<float> logits(40), full(40);
@@ -368,7 +325,7 @@ TEST_CASE("a selective forward keeps the loaded KV of the rows it does not recom
 
 TEST_CASE("a malformed SelectiveRecompute is refused", "[reuse]") {
   std::mt19937 rng(9);
-  const auto model = tiny_model(rng);
+  const auto model = test::tiny_model(rng, 4);
   const Prompt p = random_prompt(rng);
   CpuBackend backend(model, 16, kBlock);
   std::vector<float> logits(80);

@@ -18,6 +18,7 @@
 #include "chunkwise/model/model.hpp"
 #include "chunkwise/policy/sparse/block_mask.hpp"
 #include "chunkwise/policy/sparse/sparse_selector.hpp"
+#include "random_model.hpp"
 
 namespace {
 
@@ -26,13 +27,6 @@ using chunkwise::BlockMask;
 using chunkwise::Error;
 using chunkwise::ErrorCode;
 namespace cpu = chunkwise::cpu;
-
-std::vector<float> random_vector(std::size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
 
 template <class A, class B>
 double max_abs_diff(const std::vector<A>& a, const std::vector<B>& b) {
@@ -80,8 +74,8 @@ struct PagedSeq {
 PagedSeq make_seq(int block_size, int n_kv, int d, int kv_len, std::mt19937& rng) {
   PagedSeq s{block_size, n_kv, d, kv_len, {}, {}, {}, {}, {}};
   const std::int64_t kv_dim = static_cast<std::int64_t>(n_kv) * d;
-  s.kd = random_vector(static_cast<std::size_t>(kv_len * kv_dim), rng);
-  s.vd = random_vector(static_cast<std::size_t>(kv_len * kv_dim), rng);
+  s.kd = chunkwise::test::random_vector(static_cast<std::size_t>(kv_len * kv_dim), rng);
+  s.vd = chunkwise::test::random_vector(static_cast<std::size_t>(kv_len * kv_dim), rng);
   const int n_pages = (kv_len + block_size - 1) / block_size;
   const int pool_pages = n_pages + 4;
   std::vector<std::int32_t> order(static_cast<std::size_t>(pool_pages));
@@ -383,8 +377,8 @@ TEST_CASE("sparse_attention with a dense or every-tile mask equals paged_attenti
           if (ch.query_len == 600 && d == 128) continue;  // the long chunk once per tile and GQA ratio
           const int kv_len = ch.query_begin + ch.query_len;
           PagedSeq s = make_seq(16, n_kv, d, kv_len, rng);
-          const auto q =
-              random_vector(static_cast<std::size_t>(ch.query_len) * n_heads * d, rng, -2.0f, 2.0f);
+          const auto q = chunkwise::test::random_vector(static_cast<std::size_t>(ch.query_len) * n_heads * d,
+                                                        rng, -2.0f, 2.0f);
           const float scale = 1.0f / std::sqrt(static_cast<float>(d));
           const std::vector<float> want = dense_reference(s, q, ch.query_begin, n_heads, scale);
           const AttentionProbe probe = make_probe(n_heads, n_kv, d, ch.query_begin, ch.query_len);
@@ -419,7 +413,8 @@ TEST_CASE("sparse_attention matches a naive masked softmax on random masks", "[s
   for (const Case& c : cases) {
     const int kv_len = c.query_begin + c.query_len;
     PagedSeq s = make_seq(16, c.n_kv, c.d, kv_len, rng);
-    const auto q = random_vector(static_cast<std::size_t>(c.query_len) * c.n_heads * c.d, rng, -2.0f, 2.0f);
+    const auto q = chunkwise::test::random_vector(static_cast<std::size_t>(c.query_len) * c.n_heads * c.d,
+                                                  rng, -2.0f, 2.0f);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
     const AttentionProbe probe = make_probe(c.n_heads, c.n_kv, c.d, c.query_begin, c.query_len);
     const BlockMask m = random_mask(probe, c.tile, c.density, c.columns, c.n_heads / c.n_kv, rng);
@@ -446,7 +441,7 @@ TEST_CASE("sparse_attention gives zeros for a row with no kept key", "[sparse]")
   std::mt19937 rng(43);
   const int n_heads = 2, n_kv = 1, d = 64, query_begin = 64, query_len = 128, tile = 64;
   PagedSeq s = make_seq(16, n_kv, d, query_begin + query_len, rng);
-  const auto q = random_vector(static_cast<std::size_t>(query_len) * n_heads * d, rng);
+  const auto q = chunkwise::test::random_vector(static_cast<std::size_t>(query_len) * n_heads * d, rng);
   const AttentionProbe probe = make_probe(n_heads, n_kv, d, query_begin, query_len);
   // Query tiles 1 and 2. Head 0: tile 1 keeps nothing, tile 2 keeps {0, 2}. Head 1: tile 1 keeps
   // only the columns {3, 40}, tile 2 keeps {1}.
@@ -480,7 +475,7 @@ TEST_CASE("sparse_attention rejects bad masks and inputs", "[sparse]") {
   std::mt19937 rng(44);
   const int n_heads = 4, n_kv = 2, d = 64, query_begin = 30, query_len = 100;
   PagedSeq s = make_seq(16, n_kv, d, query_begin + query_len, rng);
-  const auto q = random_vector(static_cast<std::size_t>(query_len) * n_heads * d, rng);
+  const auto q = chunkwise::test::random_vector(static_cast<std::size_t>(query_len) * n_heads * d, rng);
   std::vector<float> out(q.size());
   const AttentionProbe probe = make_probe(n_heads, n_kv, d, query_begin, query_len);
   const BlockMask good = chunkwise::explicit_dense_mask(probe, 64);
@@ -509,43 +504,6 @@ TEST_CASE("sparse_attention rejects bad masks and inputs", "[sparse]") {
 }
 
 namespace {
-
-// A tiny random Llama model: enough for the forward wiring, no file needed.
-std::shared_ptr<const chunkwise::Model> tiny_model(std::mt19937& rng) {
-  chunkwise::LoadedModel m;
-  chunkwise::ModelConfig& c = m.config;
-  c.name = "tiny";
-  c.n_layers = 2;
-  c.hidden = 64;
-  c.ffn = 96;
-  c.n_heads = 6;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.vocab = 40;
-  c.max_context = 4096;
-  auto matrix = [&](std::int64_t rows, std::int64_t cols, float range) {
-    chunkwise::Matrix w(rows, cols);
-    w.data = random_vector(static_cast<std::size_t>(rows * cols), rng, -range, range);
-    return w;
-  };
-  m.weights.token_embedding = matrix(c.vocab, c.hidden, 1.0f);
-  for (int l = 0; l < c.n_layers; ++l) {
-    chunkwise::LayerWeights L;
-    L.attn_norm.assign(static_cast<std::size_t>(c.hidden), 1.0f);
-    L.ffn_norm.assign(static_cast<std::size_t>(c.hidden), 1.0f);
-    L.wq = matrix(c.q_dim(), c.hidden, 0.4f);
-    L.wk = matrix(c.kv_dim(), c.hidden, 0.4f);
-    L.wv = matrix(c.kv_dim(), c.hidden, 0.3f);
-    L.wo = matrix(c.hidden, c.q_dim(), 0.2f);
-    L.w_gate = matrix(c.ffn, c.hidden, 0.2f);
-    L.w_up = matrix(c.ffn, c.hidden, 0.2f);
-    L.w_down = matrix(c.hidden, c.ffn, 0.2f);
-    m.weights.layers.push_back(std::move(L));
-  }
-  m.weights.output_norm.assign(static_cast<std::size_t>(c.hidden), 1.0f);
-  m.source = "random";
-  return std::make_shared<const chunkwise::Model>(std::move(m));
-}
 
 // Sequence i of a test batch: rows at positions [first, first + n) over pages 24i .. 24i + 23.
 struct BatchSeq {
@@ -617,7 +575,7 @@ class TestSelector final : public chunkwise::SparseSelector {
 
 TEST_CASE("CpuBackend::forward attends probed chunks through the selector's mask", "[sparse]") {
   std::mt19937 rng(45);
-  const auto model = tiny_model(rng);
+  const auto model = chunkwise::test::tiny_model(rng, 2);
   const int block_size = 16, vocab = 40;
   // Step 1: a 200-token prefill (probed), a 70-token one (below min_kv_len) and a single row.
   // Step 2: a chunk at positions [200, 330) (probed, starts mid-tile), a decode, and a 100-row chunk
