@@ -12,15 +12,22 @@ def fmt(row, key, spec="{:.3f}"):
     return "–" if v is None else spec.format(v)
 
 
+def dense_solved(rows, length):
+    for r in rows:
+        if r["policy"].startswith("dense") and r["length"] == length and "answers" in r:
+            return sum(a["ok"] for a in r["answers"])
+    return None
+
+
 def quality_table(rows):
-    out = ["| policy | tokens | density (natural text) | density (retrieval) | passkey | needle | kept of dense-solved "
+    out = ["| policy | tokens | density (natural text) | density (retrieval) | passkey | needle | solved of dense-solved "
            "| top-1 vs dense | KL vs dense | recall mean | recall worst layer | TTFT s | mask s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        solved = r.get("answers")
         kept = fmt(r, "retained_vs_dense")
-        if solved is not None and r.get("retained_vs_dense") is not None:
-            kept += f" ({sum(a['ok'] for a in solved)}/{len(solved)} all)"
+        n = dense_solved(rows, r["length"])
+        if n and r.get("retained_vs_dense") is not None:
+            kept += f" ({round(r['retained_vs_dense'] * n)}/{n})"
         out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["policy"], r["length"], fmt(r, "density"), fmt(r, "retrieval_density"), fmt(r, "passkey_accuracy"),
             fmt(r, "needle_accuracy"), kept, fmt(r, "top1_agreement"), fmt(r, "kl", "{:.2e}"),
