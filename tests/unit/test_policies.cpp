@@ -1,5 +1,6 @@
 // Stock sparse and reuse policies and the scheduler view, tested without a model (batching:
-// test_batching_policies.cpp, eviction: test_eviction_policies.cpp).
+// test_batching_policies.cpp, eviction: test_eviction_policies.cpp, reuse plans:
+// test_reuse_policies.cpp).
 #include "catch.hpp"
 #include "chunkwise/policy/concepts.hpp"
 #include "chunkwise/policy/reuse/prefix_only_reuse.hpp"

@@ -7,11 +7,17 @@
 
 #include "chunkwise/core/types.hpp"
 #include "chunkwise/policy/eviction/block_info.hpp"
-#include "chunkwise/policy/reuse/reuse_plan.hpp"
 #include "chunkwise/policy/sparse/block_mask.hpp"
 #include "chunkwise/sched/step_plan.hpp"
 
 namespace chunkwise {
+
+// The reuse family's types (chunkwise/policy/reuse/reuse_plan.hpp) are only declared here: the plan
+// names chunks by ChunkKey, so reuse_plan.hpp includes chunkwise/kv/chunk_store.hpp, which includes
+// this header for EvictionPolicy.
+struct PromptLayout;
+struct ReusePlan;
+class ChunkStore;
 
 // Which sequences run this step and how many tokens of each.
 template <class P>
@@ -48,7 +54,9 @@ concept SparsePolicy = requires(P p, const P& cp, const AttentionProbe& probe) {
   { cp.min_kv_len() } -> std::convertible_to<int>;
 };
 
-// How a prompt made of known chunks gets its KV.
+// How a prompt made of known chunks gets its KV: which chunk segments load their KV from the store
+// and how much of them the backend recomputes (reuse_plan.hpp). plan() reads the store's index
+// only (tier()/contains()), never the KV bytes.
 template <class P>
 concept ReusePolicy = requires(P p, const PromptLayout& layout, const ChunkStore& store) {
   { p.plan(layout, store) } -> std::same_as<ReusePlan>;
