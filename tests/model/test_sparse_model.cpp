@@ -69,7 +69,7 @@ TEST_CASE("a sparse policy on the real model computes fewer tiles and stays clos
   PolicySelector<AnySparseAttention> sel(make_sparse_policy("streaming:min_kv_len=0,sink=64,window=256"));
   const std::vector<float> sparse = prompt_logits(model, ids, 16, nullptr, &sel, 0, first);
   CHECK(sel.stats().density() < 0.4);  // rows keep about 6 of their 16 tiles on average
-  CHECK(sparse != dense);  // the mask is really used
+  CHECK(sparse != dense);              // the mask is really used
   int agree = 0;
   for (int r = 0; r < 64; ++r)
     agree += argmax(&dense[std::size_t(r) * vocab], vocab) == argmax(&sparse[std::size_t(r) * vocab], vocab);

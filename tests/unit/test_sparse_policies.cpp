@@ -12,8 +12,8 @@
 #include "catch.hpp"
 #include "chunkwise/policy/sparse/any_sparse_attention.hpp"
 #include "chunkwise/policy/sparse/block_topk_attention.hpp"
-#include "chunkwise/policy/sparse/detail/probe_estimates.hpp"
 #include "chunkwise/policy/sparse/dense_attention.hpp"
+#include "chunkwise/policy/sparse/detail/probe_estimates.hpp"
 #include "chunkwise/policy/sparse/flex_prefill_attention.hpp"
 #include "chunkwise/policy/sparse/sparse_selector.hpp"
 #include "chunkwise/policy/sparse/streaming_attention.hpp"
@@ -97,8 +97,10 @@ TEST_CASE("every stock policy returns valid masks, for whole prompts and later c
     ProbeData d(begin, 2000);
     for (const std::string spec :
          {"streaming:min_kv_len=0,sink=64,window=128", "block-topk:min_kv_len=0,top_k=4",
-          "vertical-slash:min_kv_len=0,vertical=40,slash=120", "flex-prefill:min_kv_len=0,min_budget=128,max_budget=512",
-          "streaming:tile=128,min_kv_len=0,window=256", "vertical-slash:tile=128,min_kv_len=0,vertical=40,slash=60"}) {
+          "vertical-slash:min_kv_len=0,vertical=40,slash=120",
+          "flex-prefill:min_kv_len=0,min_budget=128,max_budget=512",
+          "streaming:tile=128,min_kv_len=0,window=256",
+          "vertical-slash:tile=128,min_kv_len=0,vertical=40,slash=60"}) {
       CAPTURE(spec, begin);
       AnySparseAttention policy = make_sparse_policy(spec);
       const BlockMask m = policy.select(d.probe);

@@ -16,7 +16,8 @@ struct LogitsAgreement {
   double max_kl = 0;
 };
 
-inline LogitsAgreement compare_logits(const std::vector<float>& ref, const std::vector<float>& test, int vocab) {
+inline LogitsAgreement compare_logits(const std::vector<float>& ref, const std::vector<float>& test,
+                                      int vocab) {
   const std::size_t rows = ref.size() / static_cast<std::size_t>(vocab);
   LogitsAgreement a;
   if (rows == 0) return a;
