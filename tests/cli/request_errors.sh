@@ -3,47 +3,34 @@
 # and the good ones still complete.
 set -uo pipefail
 cli=$1
-model=${CHUNKWISE_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/chunkwise/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-[[ -f "$model" ]] || { echo "skipped: the default model is not at $model"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+need_model
 
-check_one() {  # name, expected fragment, args...
-  local name=$1 fragment=$2; shift 2
-  "$cli" "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  if [[ $rc == 0 || $rc -ge 128 ]] || ! grep -q "^chunkwise: error: .*$fragment" "$tmp/err"; then
-    echo "FAIL $name: rc=$rc"; cat "$tmp/err"; fail=1
-  else
-    echo "ok   $name: $(head -1 "$tmp/err")"
-  fi
-}
-check_one "negative temperature" "temperature" run --model "$model" --prompt hi --temperature -1
-check_one "top-p zero" "top_p" run --model "$model" --prompt hi --top-p 0 --temperature 1
-check_one "unknown option" "unknown option" run --model "$model" --prompt hi --bogus 1
-check_one "bad device" "device" run --model "$model" --prompt hi --device tpu
-check_one "bad device index" "cuda:N" run --model "$model" --prompt hi --device cuda:x
-check_one "fp16 on the CPU" "precision fp16 needs --device cuda" run --model "$model" --prompt hi --precision fp16
-check_one "bad precision" "precision" run --model "$model" --prompt hi --precision fp8
+expect_error "negative temperature" "temperature" run --model "$model" --prompt hi --temperature -1
+expect_error "top-p zero" "top_p" run --model "$model" --prompt hi --top-p 0 --temperature 1
+expect_error "unknown option" "unknown option" run --model "$model" --prompt hi --bogus 1
+expect_error "bad device" "device" run --model "$model" --prompt hi --device tpu
+expect_error "bad device index" "cuda:N" run --model "$model" --prompt hi --device cuda:x
+expect_error "fp16 on the CPU" "precision fp16 needs --device cuda" run --model "$model" --prompt hi --precision fp16
+expect_error "bad precision" "precision" run --model "$model" --prompt hi --precision fp8
 # Without a usable GPU (no CUDA backend in the build, or no device): a clear error, not a crash.
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
-  check_one "no GPU" "cuda" run --model "$model" --prompt hi --device cuda
+  expect_error "no GPU" "cuda" run --model "$model" --prompt hi --device cuda
 fi
-check_one "zero max tokens" "max_new_tokens" run --model "$model" --prompt hi --max-tokens 0
-check_one "past the context" "context-overflow" run --model "$model" --prompt hi --max-tokens 9000
-check_one "tiny KV budget" "kv-exhausted" run --model "$model" --prompt hi --max-tokens 100 --kv-mb 1
+expect_error "zero max tokens" "max_new_tokens" run --model "$model" --prompt hi --max-tokens 0
+expect_error "past the context" "context-overflow" run --model "$model" --prompt hi --max-tokens 9000
+expect_error "tiny KV budget" "kv-exhausted" run --model "$model" --prompt hi --max-tokens 100 --kv-mb 1
 printf '{"id": "a", "prompt": "hi", "max_tokens": 2}\n{"id": "b", "prompt": 3}\n' >"$tmp/bad.jsonl"
 printf '{"id": "a", "prompt": "hi", "max_tokens": 2}\n' >"$tmp/one.jsonl"
-check_one "unknown eviction policy" "eviction" batch --model "$model" --workload "$tmp/one.jsonl" --eviction fifo
-check_one "bad retention" "retention_s" batch --model "$model" --workload "$tmp/one.jsonl" --eviction priority \
+expect_error "unknown eviction policy" "eviction" batch --model "$model" --workload "$tmp/one.jsonl" --eviction fifo
+expect_error "bad retention" "retention_s" batch --model "$model" --workload "$tmp/one.jsonl" --eviction priority \
   --retention-s -1
-check_one "bad half-life" "half_life_s" batch --model "$model" --workload "$tmp/one.jsonl" --eviction cost-aware \
+expect_error "bad half-life" "half_life_s" batch --model "$model" --workload "$tmp/one.jsonl" --eviction cost-aware \
   --half-life-s 0
-check_one "negative kv blocks" "kv-blocks" run --model "$model" --prompt hi --kv-blocks -3
-check_one "bad preemption" "preemption" run --model "$model" --prompt hi --preemption pause
-check_one "bad prefix-cache" "prefix-cache" run --model "$model" --prompt hi --prefix-cache maybe
-check_one "malformed workload line" "bad.jsonl:2" batch --model "$model" --workload "$tmp/bad.jsonl"
+expect_error "negative kv blocks" "kv-blocks" run --model "$model" --prompt hi --kv-blocks -3
+expect_error "bad preemption" "preemption" run --model "$model" --prompt hi --preemption pause
+expect_error "bad prefix-cache" "prefix-cache" run --model "$model" --prompt hi --prefix-cache maybe
+expect_error "malformed workload line" "bad.jsonl:2" batch --model "$model" --workload "$tmp/bad.jsonl"
 
 cat >"$tmp/mixed.jsonl" <<'JSONL'
 {"id": "good", "prompt": "The capital of France is", "max_tokens": 4}

@@ -5,22 +5,12 @@
 set -uo pipefail
 cli=$1
 root=$2
-model=${CHUNKWISE_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/chunkwise/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-[[ -f "$model" ]] || { echo "skipped: the default model is not at $model"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+need_model
 
-check_one() {  # name, expected fragment, args...
+check_one() {  # name, expected fragment, tune-sparse args...
   local name=$1 fragment=$2; shift 2
-  "$cli" tune-sparse --model "$model" "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  if [[ $rc == 0 || $rc -ge 128 ]] || [[ $(wc -l <"$tmp/err") != 1 ]] ||
-      ! grep -q "^chunkwise: error: .*$fragment" "$tmp/err"; then
-    echo "FAIL $name: rc=$rc"; cat "$tmp/err"; fail=1
-  else
-    echo "ok   $name: $(head -1 "$tmp/err")"
-  fi
+  expect_error "$name" "$fragment" tune-sparse --model "$model" "$@"
 }
 check_one "no --out" "--out is required"
 check_one "zero budget" "--budget" --out "$tmp/x.json" --budget 0

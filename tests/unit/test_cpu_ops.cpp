@@ -11,6 +11,7 @@
 #include "catch.hpp"
 #include "chunkwise/backend/cpu/ops.hpp"
 #include "chunkwise/core/error.hpp"
+#include "compare.hpp"
 #include "random_model.hpp"
 
 namespace {
@@ -21,27 +22,8 @@ namespace cpu = chunkwise::cpu;
 
 using chunkwise::test::random_vector;
 
-double max_abs_diff(const std::vector<float>& a, const std::vector<double>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0.0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double d = std::abs(static_cast<double>(a[i]) - b[i]);
-    // NaN must fail the comparison, not vanish in std::max.
-    if (!(d <= worst)) worst = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
-  }
-  return worst;
-}
-
-template <class F>
-ErrorCode error_code_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  FAIL("expected chunkwise::Error");
-  return ErrorCode::kBackend;
-}
+using chunkwise::test::error_code_of;
+using chunkwise::test::max_abs_diff;
 
 }  // namespace
 

@@ -18,6 +18,7 @@
 #include "chunkwise/model/model.hpp"
 #include "chunkwise/policy/sparse/block_mask.hpp"
 #include "chunkwise/policy/sparse/sparse_selector.hpp"
+#include "compare.hpp"
 #include "random_model.hpp"
 
 namespace {
@@ -28,28 +29,8 @@ using chunkwise::Error;
 using chunkwise::ErrorCode;
 namespace cpu = chunkwise::cpu;
 
-template <class A, class B>
-double max_abs_diff(const std::vector<A>& a, const std::vector<B>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0.0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double d = std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
-    // NaN must fail the comparison, not vanish in std::max.
-    if (!(d <= worst)) worst = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
-  }
-  return worst;
-}
-
-template <class F>
-ErrorCode error_code_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  FAIL("expected chunkwise::Error");
-  return ErrorCode::kBackend;
-}
+using chunkwise::test::error_code_of;
+using chunkwise::test::max_abs_diff;
 
 AttentionProbe make_probe(int n_heads, int n_kv, int d, int query_begin, int query_len) {
   AttentionProbe p;
