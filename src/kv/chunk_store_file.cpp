@@ -6,6 +6,7 @@
 #include <array>
 #include <bit>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <string>
 
@@ -175,6 +176,25 @@ ChunkKv ChunkKv::zeros(std::span<const TokenId> tokens, int n_layers, int kv_dim
   check(n && *n <= kv.data.max_size(), ErrorCode::kInvalidArgument, "ChunkKv::zeros: shape too large");
   kv.data.assign(static_cast<std::size_t>(*n), 0.0F);
   return kv;
+}
+
+ChunkKv ChunkKv::rows(std::int32_t from, std::int32_t to) const {
+  check(from >= 0 && from < to && to <= n_tokens, ErrorCode::kInvalidArgument, [&] {
+    return "ChunkKv::rows: [" + std::to_string(from) + ", " + std::to_string(to) + ") of " +
+           std::to_string(n_tokens) + " tokens";
+  });
+  const auto span_of = [&](auto first, std::int32_t width) {
+    return std::span(first + static_cast<std::ptrdiff_t>(from) * width,
+                     static_cast<std::size_t>(to - from) * static_cast<std::size_t>(width));
+  };
+  ChunkKv out = zeros(span_of(tokens.begin(), 1), n_layers, kv_dim, position0 + from);
+  for (int l = 0; l < n_layers; ++l) {
+    std::ranges::copy(span_of(k(l).begin(), kv_dim), out.k(l).begin());
+    std::ranges::copy(span_of(v(l).begin(), kv_dim), out.v(l).begin());
+  }
+  const int stats = stats_per_token();
+  if (stats > 0) std::ranges::copy(span_of(token_stats.begin(), stats), std::back_inserter(out.token_stats));
+  return out;
 }
 
 void ChunkKv::validate() const {

@@ -4,6 +4,7 @@
 #include <charconv>
 #include <functional>
 #include <map>
+#include <optional>
 #include <utility>
 
 #include "chunkwise/policy/batching/packed_prefill_batching.hpp"
@@ -14,6 +15,7 @@
 #include "chunkwise/policy/eviction/lru_eviction.hpp"
 #include "chunkwise/policy/eviction/prefix_lifetime_eviction.hpp"
 #include "chunkwise/policy/eviction/priority_eviction.hpp"
+#include "chunkwise/policy/reuse/any_reuse_policy.hpp"
 #include "chunkwise/policy/sparse/any_sparse_attention.hpp"
 #include "chunkwise/sched/inference_session.hpp"
 
@@ -42,8 +44,8 @@ namespace {
 template <class Batching, class Eviction>
 struct SessionImpl final : Engine::Impl {
   SessionImpl(std::shared_ptr<const Model> model, const SessionConfig& config, Batching b, Eviction e,
-              AnySparseAttention sparse)
-      : s(std::move(model), config, std::move(b), std::move(e), std::move(sparse)) {}
+              AnySparseAttention sparse, AnyReusePolicy reuse)
+      : s(std::move(model), config, std::move(b), std::move(e), std::move(sparse), std::move(reuse)) {}
   RequestId submit(Request r) override { return s.submit(std::move(r)); }
   RequestId fork(RequestId parent, SamplingParams sampling, std::string label) override {
     return s.fork(parent, sampling, std::move(label));
@@ -61,7 +63,7 @@ struct SessionImpl final : Engine::Impl {
   std::string check_kv_invariants() const override { return s.kv_cache().check_invariants(); }
   double now() const override { return s.now(); }
 
-  InferenceSession<Batching, Eviction, AnySparseAttention, PrefixOnlyReuse, AnyBackend> s;
+  InferenceSession<Batching, Eviction, AnySparseAttention, AnyReusePolicy, AnyBackend> s;
 };
 
 using ImplPtr = std::unique_ptr<Engine::Impl>;
@@ -72,18 +74,15 @@ ImplPtr with_eviction(const std::shared_ptr<const Model>& model, const EngineCon
                       int budget) {
   SessionConfig sc = c.session;
   if (budget > 0) sc.max_batch_tokens = budget;
-  if (c.eviction == "lru")
-    return std::make_unique<SessionImpl<Batching, LruEviction>>(model, sc, b, LruEviction{},
-                                                                make_sparse_policy(c.sparse));
-  if (c.eviction == "prefix-lifetime")
-    return std::make_unique<SessionImpl<Batching, PrefixLifetimeEviction>>(
-        model, sc, b, PrefixLifetimeEviction{}, make_sparse_policy(c.sparse));
-  if (c.eviction == "cost-aware")
-    return std::make_unique<SessionImpl<Batching, CostAwareEviction>>(
-        model, sc, b, CostAwareEviction{c.half_life_s}, make_sparse_policy(c.sparse));
-  if (c.eviction == "priority")
-    return std::make_unique<SessionImpl<Batching, PriorityEviction>>(
-        model, sc, b, PriorityEviction{c.retention_s}, make_sparse_policy(c.sparse));
+  auto make = [&]<class Eviction>(Eviction e) -> ImplPtr {
+    return std::make_unique<SessionImpl<Batching, Eviction>>(
+        model, sc, b, std::move(e), make_sparse_policy(c.sparse),
+        make_reuse_policy(c.reuse, c.recompute_ratio < 0 ? std::nullopt : std::optional(c.recompute_ratio)));
+  };
+  if (c.eviction == "lru") return make(LruEviction{});
+  if (c.eviction == "prefix-lifetime") return make(PrefixLifetimeEviction{});
+  if (c.eviction == "cost-aware") return make(CostAwareEviction{c.half_life_s});
+  if (c.eviction == "priority") return make(PriorityEviction{c.retention_s});
   throw Error(ErrorCode::kInvalidArgument,
               "unknown eviction policy '" + c.eviction + "' (lru, prefix-lifetime, cost-aware, priority)");
 }
@@ -149,6 +148,20 @@ void EngineConfig::apply(std::string_view settings) {
       {"token_budget", [](EngineConfig& c, auto k, auto v) { c.token_budget = to_int(k, v); }},
       {"eviction", [](EngineConfig& c, auto, auto v) { c.eviction = v; }},
       {"sparse", [](EngineConfig& c, auto, auto v) { c.sparse = v; }},
+      {"reuse", [](EngineConfig& c, auto, auto v) { c.reuse = v; }},
+      {"recompute_ratio", [](EngineConfig& c, auto k, auto v) { c.recompute_ratio = to_number(k, v); }},
+      {"chunk_store_mb",
+       [](EngineConfig& c, auto k, auto v) { c.chunk_store_mb = static_cast<std::size_t>(to_int(k, v)); }},
+      {"chunk_store_dir", [](EngineConfig& c, auto, auto v) { c.chunk_store_dir = v; }},
+      {"chunk_disk_mb",
+       [](EngineConfig& c, auto k, auto v) { c.chunk_disk_mb = static_cast<std::size_t>(to_int(k, v)); }},
+      {"chunk_device_mb", [](EngineConfig& c, auto k,
+                             auto v) { c.session.chunk_device_mb = static_cast<std::size_t>(to_int(k, v)); }},
+      {"fill_chunk_store",
+       [](EngineConfig& c, auto k, auto v) {
+         check(v == "on" || v == "off", ErrorCode::kInvalidArgument, std::string(k) + " must be on or off");
+         c.session.fill_chunk_store = v == "on";
+       }},
       {"retention_s", [](EngineConfig& c, auto k, auto v) { c.retention_s = to_number(k, v); }},
       {"half_life_s", [](EngineConfig& c, auto k, auto v) { c.half_life_s = to_number(k, v); }},
       {"block_size", [](EngineConfig& c, auto k, auto v) { c.session.block_size = to_int(k, v); }},
@@ -191,8 +204,30 @@ void EngineConfig::apply(std::string_view settings) {
   }
 }
 
+namespace {
+
+// The reuse policy checked first (a bad name fails before any store is made), then the store.
+EngineConfig with_chunk_store(const std::shared_ptr<const Model>& model, EngineConfig c) {
+  check(model != nullptr, ErrorCode::kInvalidArgument, "Engine needs a model");
+  (void)make_reuse_policy(c.reuse, c.recompute_ratio < 0 ? std::nullopt : std::optional(c.recompute_ratio));
+  if (c.reuse == "prefix") {
+    c.session.chunk_store = nullptr;
+  } else if (c.session.chunk_store == nullptr) {
+    check(c.chunk_store_mb > 0, ErrorCode::kInvalidArgument, "chunk_store_mb must be > 0");
+    ChunkStore::Config sc;
+    sc.model_id = model_fingerprint(*model);
+    sc.host_capacity_bytes = c.chunk_store_mb << 20;
+    sc.disk_dir = c.chunk_store_dir;
+    sc.disk_capacity_bytes = c.chunk_disk_mb << 20;
+    c.session.chunk_store = std::make_shared<ChunkStore>(std::move(sc));
+  }
+  return c;
+}
+
+}  // namespace
+
 Engine::Engine(std::shared_ptr<const Model> model, EngineConfig config)
-    : config_(std::move(config)), impl_(make_impl(model, config_)) {
+    : config_(with_chunk_store(model, std::move(config))), impl_(make_impl(model, config_)) {
   if (config_.token_budget == 0) config_.token_budget = default_budget(config_);
 }
 Engine::~Engine() = default;
@@ -204,6 +239,9 @@ std::vector<std::string> Engine::batching_policies() {
 }
 std::vector<std::string> Engine::eviction_policies() {
   return {"lru", "prefix-lifetime", "cost-aware", "priority"};
+}
+std::vector<std::string> Engine::reuse_policies() {
+  return chunkwise::reuse_policies();
 }
 
 RequestId Engine::submit(Request request) {

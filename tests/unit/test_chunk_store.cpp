@@ -26,10 +26,12 @@
 #include "chunkwise/policy/eviction/priority_eviction.hpp"
 #include "chunkwise/policy/reuse/prefix_only_reuse.hpp"
 #include "error_code.hpp"
+#include "temp_dir.hpp"
 
 using namespace chunkwise;
 namespace fs = std::filesystem;
 using test::error_code;
+using test::TempDir;
 
 namespace {
 
@@ -37,26 +39,6 @@ constexpr int kLayers = 2;
 constexpr int kDim = 8;
 // ChunkKv::bytes() of a 16-token entry of kLayers x kDim: 16 ids + 2 * 2 * 16 * 8 floats.
 constexpr std::size_t kEntry = (16 + 2 * kLayers * 16 * kDim) * 4;
-
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            ("chunkwise_chunk_store_" + std::to_string(rd()) + "_" + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  [[nodiscard]] const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 std::vector<TokenId> seq(int n, TokenId first) {
   std::vector<TokenId> t(static_cast<std::size_t>(n));

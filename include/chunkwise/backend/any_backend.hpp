@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -25,12 +26,25 @@ class BackendInterface {
   virtual ~BackendInterface() = default;
   virtual void forward(const ForwardBatch& batch, std::span<float> logits) = 0;
   // forward() and one token per logits row (rows.size() == batch.logit_rows.size()).
-  virtual void forward_sample(const ForwardBatch& batch, std::span<const SampleRow> rows, std::span<TokenId> out) = 0;
+  virtual void forward_sample(const ForwardBatch& batch, std::span<const SampleRow> rows,
+                              std::span<TokenId> out) = 0;
   virtual void copy_block(BlockId src, BlockId dst) = 0;
   virtual void save_block(BlockId src, std::span<std::byte> dst) const = 0;
   virtual void load_block(BlockId dst, std::span<const std::byte> src) = 0;
   [[nodiscard]] virtual int num_blocks() const = 0;
   [[nodiscard]] virtual int block_size() const = 0;
+  // Chunk reuse (ChunkKvBackend, ChunkTierBackend). A backend without it answers false to
+  // supports_chunk_kv() and throws Error(kUnsupported) from the KV moves; one without a device
+  // tier keeps nothing and finds nothing kept.
+  [[nodiscard]] virtual bool supports_chunk_kv() const = 0;
+  virtual void write_chunk_kv(const ChunkKv& kv, std::int32_t position,
+                              std::span<const std::int64_t> slots) = 0;
+  [[nodiscard]] virtual ChunkKv read_chunk_kv(std::span<const TokenId> tokens, std::int32_t position0,
+                                              std::span<const std::int64_t> slots) const = 0;
+  virtual void set_chunk_tier_capacity(std::size_t bytes) = 0;
+  virtual void keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) = 0;
+  [[nodiscard]] virtual bool write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
+                                                 std::span<const std::int64_t> slots) = 0;
 };
 
 // Makes backends of one kind (a device): how many bytes a KV block takes there, so the pool can be
@@ -40,8 +54,8 @@ class BackendProvider {
   virtual ~BackendProvider() = default;
   [[nodiscard]] virtual std::string name() const = 0;
   [[nodiscard]] virtual std::size_t kv_bytes_per_block(const ModelConfig& config, int block_size) const = 0;
-  [[nodiscard]] virtual std::unique_ptr<BackendInterface> create(std::shared_ptr<const Model> model, int num_blocks,
-                                                                 int block_size) const = 0;
+  [[nodiscard]] virtual std::unique_ptr<BackendInterface> create(std::shared_ptr<const Model> model,
+                                                                 int num_blocks, int block_size) const = 0;
 };
 
 namespace detail {
@@ -52,7 +66,8 @@ class BackendAdapter final : public BackendInterface {
   template <class... Args>
   explicit BackendAdapter(Args&&... args) : b_(std::forward<Args>(args)...) {}
   void forward(const ForwardBatch& batch, std::span<float> logits) override { b_.forward(batch, logits); }
-  void forward_sample(const ForwardBatch& batch, std::span<const SampleRow> rows, std::span<TokenId> out) override {
+  void forward_sample(const ForwardBatch& batch, std::span<const SampleRow> rows,
+                      std::span<TokenId> out) override {
     if constexpr (SamplingBackend<B>) {
       b_.forward_sample(batch, rows, out);
     } else {  // logits to the host, sampled there
@@ -62,7 +77,8 @@ class BackendAdapter final : public BackendInterface {
       logits_.resize(rows.size() * static_cast<std::size_t>(vocab));
       b_.forward(batch, logits_);
       for (std::size_t i = 0; i < rows.size(); ++i)
-        out[i] = sample(logits_.data() + i * static_cast<std::size_t>(vocab), vocab, rows[i].params, rows[i].step);
+        out[i] =
+            sample(logits_.data() + i * static_cast<std::size_t>(vocab), vocab, rows[i].params, rows[i].step);
     }
   }
   void copy_block(BlockId src, BlockId dst) override { b_.copy_block(src, dst); }
@@ -71,7 +87,43 @@ class BackendAdapter final : public BackendInterface {
   [[nodiscard]] int num_blocks() const override { return b_.num_blocks(); }
   [[nodiscard]] int block_size() const override { return b_.block_size(); }
 
+  [[nodiscard]] bool supports_chunk_kv() const override { return ChunkKvBackend<B>; }
+  void write_chunk_kv(const ChunkKv& kv, std::int32_t position,
+                      std::span<const std::int64_t> slots) override {
+    if constexpr (ChunkKvBackend<B>) {
+      b_.write_chunk_kv(kv, position, slots);
+    } else {
+      unsupported();
+    }
+  }
+  [[nodiscard]] ChunkKv read_chunk_kv(std::span<const TokenId> tokens, std::int32_t position0,
+                                      std::span<const std::int64_t> slots) const override {
+    if constexpr (ChunkKvBackend<B>) {
+      return b_.read_chunk_kv(tokens, position0, slots);
+    } else {
+      unsupported();
+    }
+  }
+  void set_chunk_tier_capacity(std::size_t bytes) override {
+    if constexpr (ChunkTierBackend<B>) b_.set_chunk_tier_capacity(bytes);
+  }
+  void keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) override {
+    if constexpr (ChunkTierBackend<B>) b_.keep_chunk_kv(key, kv);
+  }
+  [[nodiscard]] bool write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
+                                         std::span<const std::int64_t> slots) override {
+    if constexpr (ChunkTierBackend<B>) {
+      return b_.write_kept_chunk_kv(key, position, slots);
+    } else {
+      return false;
+    }
+  }
+
  private:
+  [[noreturn]] static void unsupported() {
+    throw Error(ErrorCode::kUnsupported, "this backend cannot move chunk KV (chunk reuse)");
+  }
+
   B b_;
   std::vector<float> logits_;
 };
@@ -109,6 +161,22 @@ class AnyBackend {
   [[nodiscard]] int num_blocks() const { return impl_->num_blocks(); }
   [[nodiscard]] int block_size() const { return impl_->block_size(); }
 
+  // Chunk reuse, when the backend behind it has it (supports_chunk_kv()).
+  [[nodiscard]] bool supports_chunk_kv() const { return impl_->supports_chunk_kv(); }
+  void write_chunk_kv(const ChunkKv& kv, std::int32_t position, std::span<const std::int64_t> slots) {
+    impl_->write_chunk_kv(kv, position, slots);
+  }
+  [[nodiscard]] ChunkKv read_chunk_kv(std::span<const TokenId> tokens, std::int32_t position0,
+                                      std::span<const std::int64_t> slots) const {
+    return impl_->read_chunk_kv(tokens, position0, slots);
+  }
+  void set_chunk_tier_capacity(std::size_t bytes) { impl_->set_chunk_tier_capacity(bytes); }
+  void keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) { impl_->keep_chunk_kv(key, kv); }
+  [[nodiscard]] bool write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
+                                         std::span<const std::int64_t> slots) {
+    return impl_->write_kept_chunk_kv(key, position, slots);
+  }
+
  private:
   std::unique_ptr<BackendInterface> impl_;
 };
@@ -123,7 +191,8 @@ inline std::shared_ptr<const BackendProvider> cpu_backend_provider() {
 // can make itself; through the provider (SessionConfig::backend, null = CPU) for AnyBackend.
 template <class B>
 struct BackendMaker {
-  static_assert(ConstructibleBackend<B>, "a session's backend is constructible from (model, blocks, block_size)");
+  static_assert(ConstructibleBackend<B>,
+                "a session's backend is constructible from (model, blocks, block_size)");
   static std::size_t kv_bytes_per_block(const BackendProvider*, const ModelConfig& config, int block_size) {
     return B::kv_bytes_per_block(config, block_size);
   }
@@ -134,12 +203,14 @@ struct BackendMaker {
 
 template <>
 struct BackendMaker<AnyBackend> {
-  static std::size_t kv_bytes_per_block(const BackendProvider* provider, const ModelConfig& config, int block_size) {
+  static std::size_t kv_bytes_per_block(const BackendProvider* provider, const ModelConfig& config,
+                                        int block_size) {
     return (provider ? provider : cpu_backend_provider().get())->kv_bytes_per_block(config, block_size);
   }
   static AnyBackend make(const BackendProvider* provider, std::shared_ptr<const Model> model, int num_blocks,
                          int block_size) {
-    return AnyBackend((provider ? provider : cpu_backend_provider().get())->create(std::move(model), num_blocks, block_size));
+    return AnyBackend((provider ? provider : cpu_backend_provider().get())
+                          ->create(std::move(model), num_blocks, block_size));
   }
 };
 

@@ -82,6 +82,10 @@ struct ChunkKv {
   // An entry of zeros of the given shape (the caller fills k() and v()).
   [[nodiscard]] static ChunkKv zeros(std::span<const TokenId> tokens, int n_layers, int kv_dim,
                                      int position0 = 0);
+  // Tokens [from, to) as an entry of their own (computed at position0 + from), stats included; for
+  // a chunk whose first rows a prompt already holds. Throws Error(kInvalidArgument) unless
+  // 0 <= from < to <= n_tokens.
+  [[nodiscard]] ChunkKv rows(std::int32_t from, std::int32_t to) const;
   [[nodiscard]] std::span<float> k(int layer) { return slice(layer, 0); }
   [[nodiscard]] std::span<float> v(int layer) { return slice(layer, 1); }
   [[nodiscard]] std::span<const float> k(int layer) const { return slice(layer, 0); }

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -196,7 +197,7 @@ class KvCache {
   void commit(SeqId id, std::span<const TokenId> tokens, int computed, double now_s) {
     if (!config_.prefix_caching) return;
     Seq& s = seq(id);
-    const int full = std::min(computed / bs(), static_cast<int>(s.blocks.size()));
+    const int full = std::min(std::min(computed, s.index_limit) / bs(), static_cast<int>(s.blocks.size()));
     if (full <= s.indexed || s.chain_ended) return;  // no block filled up: most decode steps
     extend_hashes(s, tokens, full);
     // A table is an indexed chain followed by private blocks; the chain grows in order and
@@ -207,6 +208,14 @@ class KvCache {
         s.chain_ended = true;
     s.indexed = std::max(s.indexed, full);
     debug_check();
+  }
+
+  // Blocks holding any of tokens [tokens, ...) of the sequence are never offered to the prefix
+  // index: their KV is not what a prefill of those tokens computes (reused chunk KV, CacheBlend),
+  // so another request must not take it as an exact prefix. The limit only ever moves down.
+  void limit_indexing(SeqId id, int tokens) {
+    Seq& s = seq(id);
+    s.index_limit = std::min(s.index_limit, std::max(tokens, 0));
   }
 
   // Drops the sequence's blocks, tail first; indexed ones stay cached (recompute preemption).
@@ -358,6 +367,7 @@ class KvCache {
     std::uint64_t root = 0;
     int indexed = 0;           // leading full blocks already offered to the index
     bool chain_ended = false;  // a block could neither join nor adopt the index (collision)
+    int index_limit = std::numeric_limits<int>::max();  // tokens past it are never indexed
     int priority = 0;
     int demand_blocks = 0;  // leading hashes counted as demand
   };

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <string>
 
 #include "chunkwise/model/loader.hpp"
 #include "chunkwise/model/tokenizer.hpp"
@@ -27,6 +28,11 @@ class Model {
   LoadedModel loaded_;
   std::unique_ptr<Tokenizer> tokenizer_;
 };
+
+// A short id of the model's weights and shape (16 hex digits), for caches whose entries outlive a
+// process, such as ChunkStore::Config::model_id: two models get the same id only if they share
+// their name, shape and a sample of about 4,096 values from every weight tensor.
+[[nodiscard]] std::string model_fingerprint(const Model& model);
 
 // The default model's location: $CHUNKWISE_MODEL, else the set-up cache
 // ($XDG_CACHE_HOME or ~/.cache)/chunkwise/models/SmolLM2-135M-Instruct.Q4_1.gguf.

@@ -1,7 +1,7 @@
 // Engine: InferenceSession with its policies chosen at run time, for the CLI, benchmarks and
 // services that pick policies at start-up. A registry holds every stock combination of
-// batching x eviction policy, with the sparse policy made by name (make_sparse_policy; reuse is
-// fixed to its default for now); each is
+// batching x eviction policy, with the sparse and reuse policies made by name (make_sparse_policy,
+// make_reuse_policy); each is
 // an InferenceSession instantiated once in src/sched/engine.cpp behind a small virtual
 // interface, so the per-step cost of the indirection is one virtual call. The device comes from
 // config.session.backend (null: the CPU reference; cuda::backend_provider() for the GPU).
@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "chunkwise/kv/chunk_store.hpp"
 #include "chunkwise/kv/kv_types.hpp"
 #include "chunkwise/model/model.hpp"
 #include "chunkwise/sched/request.hpp"
@@ -27,6 +28,15 @@ struct EngineConfig {
   double retention_s = 60.0;            // priority eviction: how long a priority holds after last use
   double half_life_s = 60.0;            // cost-aware eviction: decay of the reuse frequency
   std::string sparse = "dense";         // a make_sparse_policy() spec, e.g. "flex-prefill:gamma=0.95"
+  // Chunk reuse for requests given in segments: prefix | full | blend | adaptive-blend
+  // (make_reuse_policy), with its recompute ratio (< 0: the policy's default). Any policy but
+  // prefix uses session.chunk_store, or a store the engine makes from the settings below, keyed by
+  // model_fingerprint() of the model.
+  std::string reuse = "prefix";
+  double recompute_ratio = -1;
+  std::size_t chunk_store_mb = 1024;  // host RAM tier of a store the engine makes
+  std::string chunk_store_dir;        // its disk tier; "" = none
+  std::size_t chunk_disk_mb = 8192;
   SessionConfig session;
 
   // Applies "key=value" pairs separated by spaces, e.g. "batching=stall-free token_budget=512
@@ -44,6 +54,7 @@ class Engine {
 
   static std::vector<std::string> batching_policies();
   static std::vector<std::string> eviction_policies();
+  static std::vector<std::string> reuse_policies();
 
   RequestId submit(Request request);
   RequestId fork(RequestId parent, SamplingParams sampling, std::string label);
@@ -61,6 +72,8 @@ class Engine {
   [[nodiscard]] std::string check_kv_invariants() const;
   [[nodiscard]] double now() const;
   [[nodiscard]] const EngineConfig& config() const { return config_; }
+  // The chunk store reuse reads and fills (null with reuse = prefix).
+  [[nodiscard]] const std::shared_ptr<ChunkStore>& chunk_store() const { return config_.session.chunk_store; }
 
   struct Impl;  // the session behind the facade (src/sched/engine.cpp)
 

@@ -7,16 +7,17 @@
 
 #include <algorithm>
 #include <chrono>
-#include <type_traits>
 #include <deque>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
 
 #include "chunkwise/backend/any_backend.hpp"
+#include "chunkwise/backend/selective_recompute.hpp"
 #include "chunkwise/core/error.hpp"
 #include "chunkwise/kv/kv_cache.hpp"
 #include "chunkwise/model/model.hpp"
@@ -24,6 +25,8 @@
 #include "chunkwise/policy/concepts.hpp"
 #include "chunkwise/policy/eviction/lru_eviction.hpp"
 #include "chunkwise/policy/reuse/prefix_only_reuse.hpp"
+#include "chunkwise/policy/reuse/reuse_plan.hpp"
+#include "chunkwise/policy/reuse/reuse_recompute.hpp"
 #include "chunkwise/policy/sparse/dense_attention.hpp"
 #include "chunkwise/policy/sparse/sparse_selector.hpp"
 #include "chunkwise/sched/request.hpp"
@@ -48,7 +51,10 @@ struct Sequence {
   RequestTimings timings;
   int prompt_tokens_computed = 0;
   int prompt_tokens_cached = 0;
+  int prompt_tokens_reused = 0;
   int preemptions = 0;
+  PromptLayout layout;         // the prompt's segments, kept while its reuse prefill is pending
+  bool reuse_pending = false;  // its first admission runs the reuse policy
 
   [[nodiscard]] int generated() const { return static_cast<int>(tokens.size()) - prompt_len; }
   [[nodiscard]] SequenceView view() const {
@@ -64,8 +70,13 @@ struct Sequence {
   }
 };
 
+struct PreparedPrompt {
+  std::vector<TokenId> tokens;
+  PromptLayout layout;  // the segments of a request given in segments; empty otherwise
+};
+
 // Turns a request into prompt tokens and validates it against the model and the KV pool.
-std::vector<TokenId> prepare_prompt(const Model& model, const Request& request, int kv_capacity_tokens);
+PreparedPrompt prepare_prompt(const Model& model, const Request& request, int kv_capacity_tokens);
 
 }  // namespace detail
 
@@ -92,17 +103,23 @@ class InferenceSession {
       };
     }
     metrics_.kv_blocks_total = backend_.num_blocks();
+    if constexpr (ChunkTierBackend<BackendT>)
+      if (config_.chunk_device_mb > 0) backend_.set_chunk_tier_capacity(config_.chunk_device_mb << 20);
   }
 
   // Validates and queues a request. Throws Error (kInvalidArgument, kTokenOutOfRange,
   // kContextOverflow, kKvExhausted, kTokenizer) without changing the session.
   RequestId submit(Request request) {
-    std::vector<TokenId> prompt =
+    detail::PreparedPrompt prompt =
         detail::prepare_prompt(*model_, request, backend_.num_blocks() * config_.block_size);
     detail::Sequence s;
     s.id = next_id_++;
-    s.prompt_len = static_cast<int>(prompt.size());
-    s.tokens = std::move(prompt);
+    s.prompt_len = static_cast<int>(prompt.tokens.size());
+    s.tokens = std::move(prompt.tokens);
+    const auto& kinds = prompt.layout.kinds;
+    s.reuse_pending =
+        reuses_chunks() && std::find(kinds.begin(), kinds.end(), SegmentKind::kChunk) != kinds.end();
+    if (s.reuse_pending) s.layout = std::move(prompt.layout);
     s.stops = request.stop_tokens;
     if (request.stop_at_eos && model_->config().eos >= 0) s.stops.push_back(model_->config().eos);
     s.request = std::move(request);
@@ -172,6 +189,20 @@ class InferenceSession {
     StepPlan plan = plan_step(/*admit=*/true);
     if (plan.empty())
       throw Error(ErrorCode::kInvalidArgument, "batching policy planned nothing while work is queued");
+    // A prompt whose chunks may be reused runs alone and whole: the selective forward is one
+    // sequence and needs every row at its check layer. Its step skips the token budget (it runs
+    // about the reused share of the rows past the check layer) and delays the others by a step.
+    RequestId reuse_id = 0;   // planned
+    RequestId reuse_run = 0;  // admitted whole: its step is a reuse prefill
+    int reuse_begin = 0;
+    for (const ScheduledChunk& c : plan.chunks) {
+      const detail::Sequence& s = seqs_.at(c.id);
+      if (!s.running && s.reuse_pending) {
+        reuse_id = c.id;
+        plan.chunks = {ScheduledChunk(c)};
+        break;
+      }
+    }
 
     // Admit the waiting sequences the plan names (taking their cached prefix) and give every
     // chunk its KV blocks. A chunk that no longer fits (the cache shrank since planning) is
@@ -189,7 +220,8 @@ class InferenceSession {
         int n = c.num_tokens;
         if (admitting) {
           s.computed = kv_.match(s.id, s.tokens, t_plan);
-          n = std::min(n, static_cast<int>(s.tokens.size()) - s.computed);
+          n = c.id == reuse_id ? static_cast<int>(s.tokens.size()) - s.computed
+                               : std::min(n, static_cast<int>(s.tokens.size()) - s.computed);
         }
         if (kv_.reserve(s.id, s.computed, s.computed + n, t_plan)) {
           const int max_end =
@@ -212,6 +244,12 @@ class InferenceSession {
           running_.push_back(c.id);
           s.admitted = s.running = true;
           any_admitted = true;
+        }
+        if (c.id == reuse_id) {
+          // Cut to what memory holds, it is prefilled normally, in chunks.
+          if (s.computed + n == s.prompt_len) reuse_run = c.id;
+          reuse_begin = s.computed;
+          s.reuse_pending = false;
         }
         append_chunk(batch, s, n, result);
         computed_now.push_back(&s);
@@ -237,9 +275,11 @@ class InferenceSession {
       return result;
     }
 
+    int reused_rows = 0;  // rows of the reuse prompt whose KV came from a tier
+    if (reuse_run != 0) reused_rows = load_reused_chunks(batch, seqs_.at(reuse_run), reuse_begin);
     if constexpr (!std::is_same_v<Sparse, DenseAttention>) {
       // Only steps with a chunk long enough to probe pay for the sparse path.
-      for (std::size_t i = 0; i + 1 < batch.query_start.size(); ++i)
+      for (std::size_t i = 0; i + 1 < batch.query_start.size() && batch.recompute == nullptr; ++i)
         if (batch.query_start[i + 1] - batch.query_start[i] > 1 && batch.kv_len[i] >= sparse_.min_kv_len())
           batch.sparse = &sparse_;
     }
@@ -255,10 +295,12 @@ class InferenceSession {
       logits_.resize(sampled.size() * static_cast<std::size_t>(vocab));
       backend_.forward(batch, logits_);
       for (std::size_t i = 0; i < sampled.size(); ++i)
-        next_tokens_[i] = sample(logits_.data() + i * static_cast<std::size_t>(vocab), vocab,
-                                 sampled[i]->request.sampling, static_cast<std::uint64_t>(sampled[i]->generated()));
+        next_tokens_[i] =
+            sample(logits_.data() + i * static_cast<std::size_t>(vocab), vocab, sampled[i]->request.sampling,
+                   static_cast<std::uint64_t>(sampled[i]->generated()));
     }
     const double t1 = now();
+    if (batch.recompute != nullptr) account_reuse(seqs_.at(reuse_run), reused_rows);
     for (detail::Sequence* s : computed_now) kv_.commit(s->id, s->tokens, s->computed, t1);
 
     for (std::size_t i = 0; i < sampled.size(); ++i) {
@@ -336,12 +378,160 @@ class InferenceSession {
   }
   KvTransfer kv_transfer() {
     KvTransfer t;
-    t.bytes_per_block =
-        BackendMaker<BackendT>::kv_bytes_per_block(config_.backend.get(), model_->config(), config_.block_size);
+    t.bytes_per_block = BackendMaker<BackendT>::kv_bytes_per_block(config_.backend.get(), model_->config(),
+                                                                   config_.block_size);
     t.copy = [this](BlockId src, BlockId dst) { backend_.copy_block(src, dst); };
     t.save = [this](BlockId src, std::span<std::byte> dst) { backend_.save_block(src, dst); };
     t.load = [this](BlockId dst, std::span<const std::byte> src) { backend_.load_block(dst, src); };
     return t;
+  }
+
+  [[nodiscard]] bool reuses_chunks() const {
+    if constexpr (std::is_same_v<Reuse, PrefixOnlyReuse> || !ChunkKvBackend<BackendT>) {
+      return false;
+    } else if constexpr (requires { backend_.supports_chunk_kv(); }) {
+      return config_.chunk_store != nullptr && backend_.supports_chunk_kv();
+    } else {
+      return config_.chunk_store != nullptr;
+    }
+  }
+
+  // The reuse prefill of s, whose rows [begin, prompt_len) are the whole of batch: fills the store
+  // with the chunks it lacks, asks the reuse policy for a plan, places the planned chunks' KV (the
+  // device tier first) and sets batch.recompute. A chunk that cannot be loaded is computed normally.
+  // Returns the rows loaded.
+  int load_reused_chunks(ForwardBatch& batch, detail::Sequence& s, int begin) {
+    if constexpr (ChunkKvBackend<BackendT>) {
+      ChunkStore& store = *config_.chunk_store;
+      ReuseStats& stats = metrics_.reuse;
+      const double t0 = now();
+      if (config_.fill_chunk_store) fill_chunk_store(s);
+      const double t1 = now();
+      stats.fill_s += t1 - t0;
+      stats.requests++;
+      ReusePlan plan = reuse_.plan(s.layout, store);
+      plan.validate();
+      check(plan.rows() == s.prompt_len, ErrorCode::kInvalidArgument,
+            "reuse policy returned a plan of " + std::to_string(plan.rows()) + " rows for a prompt of " +
+                std::to_string(s.prompt_len));
+      std::vector<ReusePlan::LoadSpan> loaded;
+      int rows = 0;
+      for (const ReusePlan::LoadSpan& span : plan.load) {
+        // Rows the prefix cache gave are in place; the sampled row is always computed.
+        if (span.end <= begin || span.end >= s.prompt_len) continue;
+        const int from = std::max(span.begin, begin);
+        const auto slots =
+            std::span<const std::int64_t>(batch.slots)
+                .subspan(static_cast<std::size_t>(from - begin), static_cast<std::size_t>(span.end - from));
+        bool placed = false;
+        if constexpr (ChunkTierBackend<BackendT>)
+          placed = from == span.begin && backend_.write_kept_chunk_kv(span.key, from, slots);
+        if (placed) {
+          stats.device_hits++;
+        } else {
+          const auto tokens = std::span<const TokenId>(s.tokens).subspan(
+              static_cast<std::size_t>(span.begin), static_cast<std::size_t>(span.end - span.begin));
+          const std::shared_ptr<const ChunkKv> kv = store.get(span.key, tokens);
+          if (kv == nullptr) {
+            stats.chunks_missed++;
+            continue;
+          }
+          if (from == span.begin) {
+            backend_.write_chunk_kv(*kv, from, slots);
+            if constexpr (ChunkTierBackend<BackendT>) backend_.keep_chunk_kv(span.key, *kv);
+          } else {
+            backend_.write_chunk_kv(kv->rows(from - span.begin, span.end - span.begin), from, slots);
+          }
+        }
+        stats.chunks_loaded++;
+        rows += span.end - from;
+        loaded.push_back(span);
+      }
+      stats.load_s += now() - t1;
+      if (loaded.empty()) return 0;
+      stats.tokens_loaded += rows;
+      // Loaded KV is not a prefill's: it must never serve another prompt as a cached prefix.
+      kv_.limit_indexing(s.id, std::max(begin, loaded.front().begin));
+      recompute_ = to_selective_recompute(
+          make_reuse_plan(s.layout, std::move(loaded), plan.check_layer, plan.min_tokens), begin,
+          s.prompt_len);
+      recompute_.report = &recompute_report_;
+      batch.recompute = &recompute_;
+      return rows;
+    } else {
+      return 0;
+    }
+  }
+
+  // Prefills every chunk segment of s that the store lacks on its own, from position 0, in blocks
+  // borrowed for the step (a chunk that finds none is skipped), and stores its KV.
+  void fill_chunk_store(const detail::Sequence& s) {
+    if constexpr (ChunkKvBackend<BackendT>) {
+      ChunkStore& store = *config_.chunk_store;
+      struct Pending {
+        RequestId id;
+        ChunkKey key;
+        std::span<const TokenId> tokens;
+        std::int32_t first_row;
+      };
+      std::vector<Pending> pending;
+      ForwardBatch fb;
+      fb.query_start.push_back(0);
+      fb.page_start.push_back(0);
+      const double t = now();
+      const int bs = config_.block_size;
+      for (std::size_t i = 0; i < s.layout.num_segments(); ++i) {
+        const PromptSegment seg = s.layout.segment(i);
+        if (seg.kind != SegmentKind::kChunk) continue;
+        const std::span<const TokenId> tokens = s.layout.tokens_of(seg);
+        const ChunkKey key = store.key_for(tokens);
+        const bool listed =
+            std::any_of(pending.begin(), pending.end(), [&](const Pending& p) { return p.key == key; });
+        if (listed || store.contains(key)) continue;
+        const RequestId id = next_id_++;
+        kv_.open(id, {}, {}, 0, t);
+        if (kv_.reserve(id, 0, seg.size(), t)) {
+          kv_.close(id, t);
+          continue;
+        }
+        pending.push_back({id, key, tokens, static_cast<std::int32_t>(fb.tokens.size())});
+        const std::span<const BlockId> blocks = kv_.blocks(id);
+        for (int p = 0; p < seg.size(); ++p) {
+          fb.tokens.push_back(tokens[static_cast<std::size_t>(p)]);
+          fb.positions.push_back(p);
+          fb.slots.push_back(static_cast<std::int64_t>(blocks[static_cast<std::size_t>(p / bs)]) * bs +
+                             p % bs);
+        }
+        fb.pages.insert(fb.pages.end(), blocks.begin(), blocks.end());
+        fb.query_start.push_back(static_cast<std::int32_t>(fb.tokens.size()));
+        fb.page_start.push_back(static_cast<std::int32_t>(fb.pages.size()));
+        fb.kv_len.push_back(seg.size());
+      }
+      if (pending.empty()) return;
+      backend_.forward(fb, {});
+      for (const Pending& p : pending) {
+        const auto slots = std::span<const std::int64_t>(fb.slots).subspan(
+            static_cast<std::size_t>(p.first_row), p.tokens.size());
+        ChunkKv kv = backend_.read_chunk_kv(p.tokens, 0, slots);
+        kv_.close(p.id, t);
+        if (kv.bytes() > store.config().host_capacity_bytes) continue;  // the store cannot hold it
+        if constexpr (ChunkTierBackend<BackendT>) backend_.keep_chunk_kv(p.key, kv);
+        store.put(p.key, std::move(kv));
+        metrics_.reuse.chunks_stored++;
+      }
+    }
+  }
+
+  // After a selective forward: the loaded rows it did not recompute were not computed.
+  void account_reuse(detail::Sequence& s, int loaded_rows) {
+    std::int64_t always = 0;
+    for (const auto& a : recompute_.always) always += a.end - a.begin;
+    const auto recomputed = static_cast<std::int64_t>(recompute_report_.rows.size()) - always;
+    const int reused = loaded_rows - static_cast<int>(recomputed);
+    metrics_.reuse.tokens_recomputed += recomputed;
+    s.prompt_tokens_reused += reused;
+    s.prompt_tokens_computed -= reused;
+    metrics_.prompt_tokens_computed -= reused;
   }
 
   // Adds tokens [computed, computed + n) of s to the batch.
@@ -497,6 +687,7 @@ class InferenceSession {
     f.timings = std::move(s.timings);
     f.prompt_tokens_computed = s.prompt_tokens_computed;
     f.prompt_tokens_cached = s.prompt_tokens_cached;
+    f.prompt_tokens_reused = s.prompt_tokens_reused;
     f.preemptions = s.preemptions;
     kv_.close(s.id, s.timings.finished_s);  // the caller takes it out of the running list
     if (reason != FinishReason::kCancelled) metrics_.requests_finished++;
@@ -520,6 +711,8 @@ class InferenceSession {
   std::vector<float> logits_;
   std::vector<SampleRow> sample_rows_;
   std::vector<TokenId> next_tokens_;
+  SelectiveRecompute recompute_;  // the reuse step's recompute rule and what it did
+  SelectiveRecomputeReport recompute_report_;
   SessionMetrics metrics_;
   RequestId next_id_ = 1;
 };

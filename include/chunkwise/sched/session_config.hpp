@@ -7,6 +7,7 @@
 namespace chunkwise {
 
 class BackendProvider;
+class ChunkStore;
 
 // What happens to a running sequence when decodes need memory that is not there.
 enum class Preemption {
@@ -28,6 +29,15 @@ struct SessionConfig {
   // Where an InferenceSession<..., AnyBackend> runs (cpu_backend_provider(), cuda::backend_provider());
   // null = the CPU reference. Sessions with a compile-time backend ignore it.
   std::shared_ptr<const BackendProvider> backend;
+  // Chunk reuse (the Reuse policy): where the KV of prompt chunks (Request::segments) is kept,
+  // shared between sessions if wanted; null = none, and every prompt is prefilled normally.
+  std::shared_ptr<ChunkStore> chunk_store;
+  // A chunk segment the store lacks is prefilled on its own at admission and stored (CacheBlend's
+  // offline step, done online), so the next prompt holding it can reuse it. Off: only chunks put
+  // into the store beforehand are reused.
+  bool fill_chunk_store = true;
+  // The backend's device tier of chunk KV in front of the store (ChunkTierBackend); 0 = none.
+  std::size_t chunk_device_mb = 0;
 };
 
 // Throws Error(kInvalidArgument) naming the bad field.

@@ -7,6 +7,19 @@
 
 namespace chunkwise {
 
+// Chunk reuse (Request::segments with SessionConfig::chunk_store), counted at admission.
+struct ReuseStats {
+  std::int64_t requests = 0;           // prompts planned by the reuse policy
+  std::int64_t chunks_stored = 0;      // chunk segments prefilled on their own and put into the store
+  std::int64_t chunks_loaded = 0;      // chunk segments whose KV was placed from a tier
+  std::int64_t device_hits = 0;        // of those, placed from the backend's device tier
+  std::int64_t chunks_missed = 0;      // planned to load but not found (evicted, corrupt file): computed
+  std::int64_t tokens_loaded = 0;      // rows of loaded chunks
+  std::int64_t tokens_recomputed = 0;  // rows of loaded chunks recomputed past the check layer
+  double fill_s = 0;                   // prefilling chunks on their own
+  double load_s = 0;                   // placing loaded KV into the cache
+};
+
 // Counters since the session started. Step time is split between prefill and decode by
 // their share of the step's rows, since a mixed step does both at once.
 struct SessionMetrics {
@@ -29,6 +42,7 @@ struct SessionMetrics {
   std::int64_t swap_preemptions = 0;  // of which swapped to host RAM
   std::int64_t requests_cancelled = 0;
   SparseStats sparse;  // masks of the sparse policy (zero with dense attention)
+  ReuseStats reuse;
 };
 
 // What one step did.

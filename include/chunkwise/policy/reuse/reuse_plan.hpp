@@ -8,31 +8,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
-#include <string_view>
 #include <vector>
 
+#include "chunkwise/core/segment_kind.hpp"
 #include "chunkwise/core/types.hpp"
 #include "chunkwise/kv/chunk_store.hpp"
 
 namespace chunkwise {
-
-enum class SegmentKind : std::uint8_t {
-  kPrefix,    // a system prompt: served by the prefix cache or computed normally, never loaded
-  kChunk,     // a retrieved passage: its KV may come from the chunk store
-  kQuestion,  // the query suffix: always computed normally (its last row gives the logits)
-};
-
-constexpr std::string_view to_string(SegmentKind k) noexcept {
-  switch (k) {
-    case SegmentKind::kPrefix:
-      return "prefix";
-    case SegmentKind::kChunk:
-      return "chunk";
-    case SegmentKind::kQuestion:
-      return "question";
-  }
-  return "unknown";
-}
 
 // Segment i of a layout: its kind and its token range [begin, end) of the prompt.
 struct PromptSegment {
