@@ -28,14 +28,19 @@ Args::Args(const std::vector<std::string>& argv, const std::set<std::string>& op
       check(i + 1 < argv.size(), ErrorCode::kInvalidArgument, "--" + name + " needs a value");
       value = argv[++i];
     }
-    values_[name] = *value;
+    values_[name].push_back(*value);
   }
 }
 
 std::optional<std::string> Args::get(const std::string& name) const {
   auto it = values_.find(name);
   if (it == values_.end()) return std::nullopt;
-  return it->second;
+  return it->second.back();
+}
+
+std::vector<std::string> Args::all(const std::string& name) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? std::vector<std::string>{} : it->second;
 }
 
 std::string Args::str(const std::string& name, const std::string& fallback) const {

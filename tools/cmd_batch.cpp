@@ -68,6 +68,7 @@ int cmd_batch(const std::vector<std::string>& argv) {
   options.insert({"workload", "out", "stats-json", "show", "max-batch-tokens", "max-seqs", "batching",
                   "token-budget", "eviction", "retention-s", "half-life-s", "poisson-rate", "arrival-seed",
                   "slo-ttft", "slo-tbt", "sparse"});
+  options.insert(kReuseOptions.begin(), kReuseOptions.end());
   const Args args(argv, options, {"no-progress"});
   std::vector<WorkloadItem> items = read_workload(args.required("workload"));
   const long long show = args.integer("show", 3);
@@ -93,6 +94,7 @@ int cmd_batch(const std::vector<std::string>& argv) {
   ec.token_budget = static_cast<int>(budget);
   ec.eviction = args.str("eviction", ec.eviction);
   ec.sparse = args.str("sparse", ec.sparse);
+  reuse_config_from_args(args, ec);
   ec.retention_s = args.number("retention-s", ec.retention_s);
   ec.half_life_s = args.number("half-life-s", ec.half_life_s);
   // Time zero (arrivals, TTFT, wall) is when the engine is ready: loading the model and putting its
@@ -254,7 +256,18 @@ int cmd_batch(const std::vector<std::string>& argv) {
                      {"token_budget", session.config().token_budget},
                      {"eviction", ec.eviction},
                      {"sparse", ec.sparse},
-                     {"reuse", "prefix-only"}}},
+                     {"reuse", ec.reuse},
+                     {"recompute_ratio", ec.recompute_ratio}}},
+                   {"reuse",
+                    {{"prompts", m.reuse.requests},
+                     {"chunks_stored", m.reuse.chunks_stored},
+                     {"chunks_loaded", m.reuse.chunks_loaded},
+                     {"device_hits", m.reuse.device_hits},
+                     {"chunks_missed", m.reuse.chunks_missed},
+                     {"tokens_loaded", m.reuse.tokens_loaded},
+                     {"tokens_recomputed", m.reuse.tokens_recomputed},
+                     {"fill_s", m.reuse.fill_s},
+                     {"load_s", m.reuse.load_s}}},
                    {"model", model->source()},
                    {"device", ec.session.backend ? ec.session.backend->name() : "cpu"}};
   if (auto path = args.get("stats-json")) {
@@ -270,6 +283,7 @@ int cmd_batch(const std::vector<std::string>& argv) {
     const Outcome& o = outcomes.at(item.request.label);
     if (!o.done) continue;
     std::string prompt = item.request.prompt_text;
+    if (!item.request.segments.empty()) prompt = item.request.segments.back().text;  // the question
     if (prompt.size() > 160) prompt = "..." + prompt.substr(prompt.size() - 157);
     std::printf("--- %s\n> %s\n%s\n\n", item.request.label.c_str(), prompt.c_str(),
                 o.done->output_text.c_str());
@@ -308,6 +322,15 @@ int cmd_batch(const std::vector<std::string>& argv) {
                 "sparse attention", ec.sparse.c_str(), m.sparse.density(),
                 static_cast<long long>(m.sparse.selections), static_cast<long long>(m.sparse.dense_fallbacks),
                 m.sparse.select_s);
+  if (m.reuse.requests > 0)
+    std::printf(
+        "%-28s %s: %lld prompts, %lld chunks loaded, %lld missed, %lld stored, %lld of %lld loaded "
+        "tokens recomputed\n",
+        "chunk reuse", ec.reuse.c_str(), static_cast<long long>(m.reuse.requests),
+        static_cast<long long>(m.reuse.chunks_loaded), static_cast<long long>(m.reuse.chunks_missed),
+        static_cast<long long>(m.reuse.chunks_stored), static_cast<long long>(m.reuse.tokens_recomputed),
+        static_cast<long long>(m.reuse.tokens_loaded));
+  if (session.chunk_store() != nullptr) session.chunk_store()->flush();
   return errors == 0 ? 0 : 3;
 }
 

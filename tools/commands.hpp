@@ -7,6 +7,7 @@
 #include "args.hpp"
 #include "chunkwise/backend/any_backend.hpp"
 #include "chunkwise/model/model.hpp"
+#include "chunkwise/sched/engine.hpp"
 #include "chunkwise/sched/session_config.hpp"
 
 namespace chunkwise::cli {
@@ -25,5 +26,15 @@ SessionConfig session_config_from_args(const Args& args);
 // for cuda in a build without it, kBackend when the device is not there, kInvalidArgument for fp16
 // on the CPU.
 std::shared_ptr<const BackendProvider> backend_from_args(const Args& args);
+
+// Chunk reuse for requests in segments: --reuse prefix|full|blend|adaptive-blend, --recompute-ratio R,
+// --chunk-store DIR (the disk tier, kept across runs), --chunk-store-mb N (host RAM),
+// --chunk-disk-mb N, --chunk-device-mb N (the GPU tier), --fill-chunk-store on|off.
+inline const std::set<std::string> kReuseOptions = {"reuse",           "recompute-ratio", "chunk-store",
+                                                    "chunk-store-mb",  "chunk-disk-mb",   "chunk-device-mb",
+                                                    "fill-chunk-store"};
+void reuse_config_from_args(const Args& args, EngineConfig& config);
+// One stderr line on what chunk reuse did; nothing when no prompt was planned for reuse.
+void print_reuse_stats(const Engine& engine);
 
 }  // namespace chunkwise::cli

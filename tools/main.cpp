@@ -99,6 +99,44 @@ std::shared_ptr<const Model> load_model_from_args(const Args& args) {
   return Model::load(path);
 }
 
+void reuse_config_from_args(const Args& args, EngineConfig& c) {
+  c.reuse = args.str("reuse", c.reuse);
+  if (args.get("recompute-ratio")) c.recompute_ratio = args.number("recompute-ratio", 0.0);
+  check(!args.get("recompute-ratio") || c.recompute_ratio >= 0, ErrorCode::kInvalidArgument,
+        "--recompute-ratio must be in [0, 1]");
+  auto mb = [&](const char* name, std::size_t fallback) {
+    const long long v = args.integer(name, static_cast<long long>(fallback));
+    check(v >= 0 && v <= (1LL << 24), ErrorCode::kInvalidArgument,
+          std::string("--") + name + " must be in [0, 16777216]");
+    return static_cast<std::size_t>(v);
+  };
+  c.chunk_store_mb = mb("chunk-store-mb", c.chunk_store_mb);
+  c.chunk_disk_mb = mb("chunk-disk-mb", c.chunk_disk_mb);
+  c.session.chunk_device_mb = mb("chunk-device-mb", c.session.chunk_device_mb);
+  c.chunk_store_dir = args.str("chunk-store", c.chunk_store_dir);
+  const std::string fill = args.str("fill-chunk-store", "on");
+  check(fill == "on" || fill == "off", ErrorCode::kInvalidArgument, "--fill-chunk-store must be on or off");
+  c.session.fill_chunk_store = fill == "on";
+  const bool store_options = args.get("chunk-store") || args.get("chunk-store-mb") ||
+                             args.get("chunk-disk-mb") || args.get("chunk-device-mb") ||
+                             args.get("fill-chunk-store");
+  check(c.reuse != "prefix" || !store_options, ErrorCode::kInvalidArgument,
+        "the chunk-store options need --reuse full, blend or adaptive-blend");
+}
+
+void print_reuse_stats(const Engine& engine) {
+  const ReuseStats& r = engine.metrics().reuse;
+  if (r.requests == 0) return;
+  std::fprintf(stderr,
+               "[reuse %s: %lld prompts, %lld chunks loaded (%lld from the device tier), %lld missed, %lld "
+               "stored; %lld of %lld loaded tokens recomputed; fill %.3f s, load %.3f s]\n",
+               engine.config().reuse.c_str(), static_cast<long long>(r.requests),
+               static_cast<long long>(r.chunks_loaded), static_cast<long long>(r.device_hits),
+               static_cast<long long>(r.chunks_missed), static_cast<long long>(r.chunks_stored),
+               static_cast<long long>(r.tokens_recomputed), static_cast<long long>(r.tokens_loaded), r.fill_s,
+               r.load_s);
+}
+
 SessionConfig session_config_from_args(const Args& args) {
   SessionConfig c;
   c.backend = backend_from_args(args);

@@ -49,6 +49,37 @@ std::vector<TokenId> get_tokens(const json& j, const char* key, const std::strin
   return out;
 }
 
+// "segments": [{"kind": "prefix" | "chunk" | "question", "text": "..." or "tokens": [...]}, ...]
+std::vector<RequestSegment> get_segments(const json& v, const std::string& where) {
+  check(v.is_array() && !v.empty(), ErrorCode::kInvalidArgument,
+        where + ": 'segments' must be a non-empty array of objects");
+  std::vector<RequestSegment> out;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    const json& s = v[i];
+    const std::string at = where + ": segment " + std::to_string(i);
+    check(s.is_object(), ErrorCode::kInvalidArgument, at + " must be an object");
+    check(s.contains("kind") && s["kind"].is_string(), ErrorCode::kInvalidArgument,
+          at + ": 'kind' (prefix, chunk or question) is required");
+    const auto kind = segment_kind(s["kind"].get<std::string>());
+    check(kind.has_value(), ErrorCode::kInvalidArgument,
+          at + ": 'kind' must be prefix, chunk or question, not '" + s["kind"].get<std::string>() + "'");
+    RequestSegment seg;
+    seg.kind = *kind;
+    check(s.contains("text") != s.contains("tokens"), ErrorCode::kInvalidArgument,
+          at + ": exactly one of 'text' and 'tokens' is required");
+    if (s.contains("text")) {
+      check(s["text"].is_string() && !s["text"].get<std::string>().empty(), ErrorCode::kInvalidArgument,
+            at + ": 'text' must be a non-empty string");
+      seg.text = s["text"].get<std::string>();
+    } else {
+      seg.tokens = get_tokens(s, "tokens", at);
+      check(!seg.tokens.empty(), ErrorCode::kInvalidArgument, at + ": 'tokens' is empty");
+    }
+    out.push_back(std::move(seg));
+  }
+  return out;
+}
+
 WorkloadItem parse_line(const std::string& line, const std::string& where) {
   json j;
   try {
@@ -64,9 +95,12 @@ WorkloadItem parse_line(const std::string& line, const std::string& where) {
   r.label = j["id"].get<std::string>();
   const bool has_text = j.contains("prompt");
   const bool has_tokens = j.contains("prompt_tokens");
-  check(has_text != has_tokens, ErrorCode::kInvalidArgument,
-        where + ": exactly one of 'prompt' and 'prompt_tokens' is required");
-  if (has_text) {
+  const bool has_segments = j.contains("segments");
+  check(int{has_text} + int{has_tokens} + int{has_segments} == 1, ErrorCode::kInvalidArgument,
+        where + ": exactly one of 'prompt', 'prompt_tokens' and 'segments' is required");
+  if (has_segments) {
+    r.segments = get_segments(j["segments"], where);
+  } else if (has_text) {
     check(j["prompt"].is_string(), ErrorCode::kInvalidArgument, where + ": 'prompt' must be a string");
     r.prompt_text = j["prompt"].get<std::string>();
   } else {
