@@ -11,12 +11,15 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "chunkwise/backend/prompt_logits.hpp"
 #include "chunkwise/kv/chunk_store.hpp"
 #include "chunkwise/policy/reuse/any_reuse_policy.hpp"
 #include "chunkwise/policy/reuse/blend_reuse.hpp"
 #include "chunkwise/policy/reuse/full_reuse.hpp"
 #include "chunkwise/sched/engine.hpp"
 #include "chunkwise/sched/inference_session.hpp"
+#include "chunkwise/sched/reuse_logits.hpp"
+#include "compare.hpp"
 #include "error_code.hpp"
 #include "random_model.hpp"
 #include "temp_dir.hpp"
@@ -270,4 +273,39 @@ TEST_CASE("the engine runs a reuse policy by name with a store of its own", "[re
   EngineConfig bad_ratio = c;
   bad_ratio.recompute_ratio = 1.5;
   CHECK(error_code([&] { Engine(model(), bad_ratio); }) == ErrorCode::kInvalidArgument);
+}
+
+TEST_CASE("reuse_logits follows the session's path: ratio 1 is the full prefill, full reuse is not",
+          "[reuse][session]") {
+  const Rag rag;
+  auto store = host_store();
+  {  // warm the store through a session
+    Session<FullReuse> s(model(), config(store));
+    run_one(s, rag.request());
+  }
+  REQUIRE(store->stats().host_entries == 2);
+  const Request plain = rag.plain();
+  PromptLayout layout;
+  for (const RequestSegment& seg : rag.request().segments) layout.append(seg.kind, seg.tokens);
+  const std::vector<TokenId> answer = {3, 17, 9};
+  std::vector<TokenId> all = plain.prompt_tokens;
+  all.insert(all.end(), answer.begin(), answer.end());
+  const auto n = static_cast<int>(plain.prompt_tokens.size());
+  // One forward of prompt and answer; reuse_logits runs two (matrix products may round differently).
+  const std::vector<float> want = prompt_logits(model(), all, 4, nullptr, nullptr, 0, n - 1);
+
+  AnyReusePolicy exact = make_reuse_policy("blend", 1.0);
+  const ReuseLogits same = reuse_logits(model(), layout, exact, *store, answer, 4);
+  CHECK(test::max_abs_diff(same.logits, want) < 1e-4);
+  CHECK(same.stats.chunks_loaded == 2);
+  CHECK(same.recomputed_rows == 26 + 31);
+
+  AnyReusePolicy full = make_reuse_policy("full");
+  const ReuseLogits approx = reuse_logits(model(), layout, full, *store, answer, 4);
+  CHECK(approx.logits.size() == want.size());
+  CHECK(test::max_abs_diff(approx.logits, want) > 1e-2);
+  CHECK(approx.recomputed_rows == 0);
+
+  AnyReusePolicy prefix = make_reuse_policy("prefix");
+  CHECK(test::max_abs_diff(reuse_logits(model(), layout, prefix, *store, answer, 4).logits, want) < 1e-4);
 }

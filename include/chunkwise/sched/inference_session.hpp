@@ -29,6 +29,7 @@
 #include "chunkwise/policy/reuse/reuse_recompute.hpp"
 #include "chunkwise/policy/sparse/dense_attention.hpp"
 #include "chunkwise/policy/sparse/sparse_selector.hpp"
+#include "chunkwise/sched/detail/place_chunks.hpp"
 #include "chunkwise/sched/request.hpp"
 #include "chunkwise/sched/session_config.hpp"
 #include "chunkwise/sched/session_metrics.hpp"
@@ -414,49 +415,20 @@ class InferenceSession {
       check(plan.rows() == s.prompt_len, ErrorCode::kInvalidArgument,
             "reuse policy returned a plan of " + std::to_string(plan.rows()) + " rows for a prompt of " +
                 std::to_string(s.prompt_len));
-      std::vector<ReusePlan::LoadSpan> loaded;
-      int rows = 0;
-      for (const ReusePlan::LoadSpan& span : plan.load) {
-        // Rows the prefix cache gave are in place; the sampled row is always computed.
-        if (span.end <= begin || span.end >= s.prompt_len) continue;
-        const int from = std::max(span.begin, begin);
-        const auto slots =
-            std::span<const std::int64_t>(batch.slots)
-                .subspan(static_cast<std::size_t>(from - begin), static_cast<std::size_t>(span.end - from));
-        bool placed = false;
-        if constexpr (ChunkTierBackend<BackendT>)
-          placed = from == span.begin && backend_.write_kept_chunk_kv(span.key, from, slots);
-        if (placed) {
-          stats.device_hits++;
-        } else {
-          const auto tokens = std::span<const TokenId>(s.tokens).subspan(
-              static_cast<std::size_t>(span.begin), static_cast<std::size_t>(span.end - span.begin));
-          const std::shared_ptr<const ChunkKv> kv = store.get(span.key, tokens);
-          if (kv == nullptr) {
-            stats.chunks_missed++;
-            continue;
-          }
-          if (from == span.begin) {
-            backend_.write_chunk_kv(*kv, from, slots);
-            if constexpr (ChunkTierBackend<BackendT>) backend_.keep_chunk_kv(span.key, *kv);
-          } else {
-            backend_.write_chunk_kv(kv->rows(from - span.begin, span.end - span.begin), from, slots);
-          }
-        }
-        stats.chunks_loaded++;
-        rows += span.end - from;
-        loaded.push_back(span);
-      }
+      const std::vector<ReusePlan::LoadSpan> loaded = detail::place_planned_chunks(
+          backend_, store, s.tokens, plan, begin,
+          std::span<const std::int64_t>(batch.slots).first(static_cast<std::size_t>(s.prompt_len - begin)),
+          stats);
       stats.load_s += now() - t1;
       if (loaded.empty()) return 0;
-      stats.tokens_loaded += rows;
       // Loaded KV is not a prefill's: it must never serve another prompt as a cached prefix.
-      kv_.limit_indexing(s.id, std::max(begin, loaded.front().begin));
+      kv_.limit_indexing(s.id, loaded.front().begin);
       recompute_ = to_selective_recompute(
-          make_reuse_plan(s.layout, std::move(loaded), plan.check_layer, plan.min_tokens), begin,
-          s.prompt_len);
+          make_reuse_plan(s.layout, loaded, plan.check_layer, plan.min_tokens), begin, s.prompt_len);
       recompute_.report = &recompute_report_;
       batch.recompute = &recompute_;
+      int rows = 0;
+      for (const ReusePlan::LoadSpan& span : loaded) rows += span.end - span.begin;
       return rows;
     } else {
       return 0;
