@@ -18,6 +18,7 @@ int cmd_logits(const std::vector<std::string>& argv);
 int cmd_make_model(const std::vector<std::string>& argv);
 int cmd_tune_sparse(const std::vector<std::string>& argv);
 int cmd_eval_sparse(const std::vector<std::string>& argv);
+int cmd_eval_reuse(const std::vector<std::string>& argv);
 
 // --model (default: the fetched model), --device, --threads: shared by every subcommand.
 std::shared_ptr<const Model> load_model_from_args(const Args& args);

@@ -20,13 +20,14 @@ namespace {
 constexpr const char* kUsage = R"(usage: chunkwise <command> [options]
 
 commands:
-  run     --prompt TEXT [--chat] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
-          [--sparse SPEC]
+  run     --prompt TEXT [--chat] | --segment KIND:TEXT|KIND:@FILE ...  [--max-tokens N] [--temperature T]
+          [--top-k K] [--top-p P] [--seed S] [--sparse SPEC] [chunk reuse options]
   batch   --workload FILE.jsonl [--out results.jsonl] [--stats-json FILE] [--show N] [--no-progress]
           [--max-batch-tokens N] [--max-seqs N]
           [--batching prefill-first|stall-free|prefix-grouped|packed] [--token-budget N]
           [--eviction lru|prefix-lifetime|cost-aware|priority] [--retention-s S] [--half-life-s S]
           [--poisson-rate R] [--arrival-seed N] [--slo-ttft S] [--slo-tbt S] [--sparse SPEC]
+          [chunk reuse options]
   logits  --text TEXT --out FILE.npy [--chat] [--sparse SPEC] [--chunk N]
   make-model --shape llama3-8b|llama3-1b|smollm2-135m|tiny --out DIR [--seed N] [--dtype bf16|f16|f32]
           [--force] [--with-eos] [--shard-mb N] [--threads N]   (random weights, safetensors folder)
@@ -37,6 +38,17 @@ commands:
           [--tasks passkey,needle] [--haystack FILE] [--fidelity-rows N] [--repeat N] [--prefill-chunk N]
           [--out-json FILE] [--no-retrieval] [--no-fidelity] [--no-timing]
           (quality and cost of sparse prefill)
+  eval-reuse [--chunks 4,8,16] [--chunk-tokens 256,512] [--questions N] [--policies full,blend,adaptive-blend]
+          [--recompute-ratio R] [--max-tokens N] [--corpus FILE] [--filler FILE] [--seed N]
+          [--chunk-device-mb N] [--out-json FILE] [--no-quality]
+          (quality and time to first token of chunk reuse on RAG prompts, against a full prefill)
+
+chunk reuse (run, batch; prompts given in segments: --segment, or "segments" in a workload):
+  --reuse prefix|full|blend|adaptive-blend   (default prefix: no chunk reuse)
+  --recompute-ratio R   share of each reused chunk recomputed (blend, adaptive-blend; default 0.15)
+  --chunk-store DIR     disk tier of the chunk store, kept across runs (default: RAM only)
+  --chunk-store-mb N    host RAM tier (default 1024)     --chunk-disk-mb N   disk tier (default 8192)
+  --chunk-device-mb N   GPU tier (default 0: none)       --fill-chunk-store on|off   (default on)
 
 sparse prefill (--sparse SPEC, default dense): NAME[:key=value,...] with NAME one of
   dense, streaming (sink, window), vertical-slash (config=FILE, vertical, slash, last_queries),
@@ -185,6 +197,7 @@ int main(int argc, char** argv) {
     if (cmd == "make-model") return cmd_make_model(rest);
     if (cmd == "tune-sparse") return cmd_tune_sparse(rest);
     if (cmd == "eval-sparse") return cmd_eval_sparse(rest);
+    if (cmd == "eval-reuse") return cmd_eval_reuse(rest);
     std::fprintf(stderr, "chunkwise: error: unknown command '%s'\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const chunkwise::Error& e) {
