@@ -21,6 +21,15 @@
 // counts per chunk and layer and the build time per layer (CUDA events) come back after the step's
 // last layer, with the logits (one small copy, no extra synchronisation); the selector then gets
 // one record() per chunk and layer, as select() would have counted them.
+//
+// Chunk reuse (selective_recompute.hpp), as CpuBackend. A selective step runs every row up to the
+// check layer; there, before the KV write, key_deviation() measures each row's fresh key against
+// the loaded one, the deviations come to the host (the step's one extra synchronisation) and
+// select_recompute_rows() picks the rows. After the check layer's MLP the kept rows of the residual
+// are moved to the front, their positions, slots and renumbered logit rows are uploaded, and
+// attention is re-planned for them (all kv_len keys, causal by each row's own position). Chunk KV
+// is placed by place_chunk_kv() (keys rotated on the device), from the host or from the device
+// tier (write_kept_chunk_kv, which does not synchronise).
 #include "chunkwise/cuda/cuda_backend.hpp"
 
 #include <algorithm>
@@ -28,12 +37,18 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <list>
 #include <span>
 #include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
 #include <variant>
 #include <vector>
 
+#include "chunkwise/backend/chunk_kv.hpp"
 #include "chunkwise/backend/cpu/ops.hpp"
+#include "chunkwise/backend/selective_recompute.hpp"
 #include "chunkwise/core/error.hpp"
 #include "chunkwise/cuda/attention.hpp"
 #include "chunkwise/cuda/common.hpp"
@@ -123,6 +138,36 @@ class PinnedBytes {
   std::size_t n_ = 0;
 };
 
+// Pinned memory for uploads the host does not wait for: acquire() waits until the previous copy
+// from it (marked by release()) is done before handing it out again.
+class FencedPinned {
+ public:
+  FencedPinned() = default;
+  ~FencedPinned() {
+    if (done_) {
+      if (pending_) cudaEventSynchronize(done_);
+      cudaEventDestroy(done_);
+    }
+  }
+  FencedPinned(const FencedPinned&) = delete;
+  FencedPinned& operator=(const FencedPinned&) = delete;
+  PinnedBytes& acquire() {
+    if (pending_) check_cuda(cudaEventSynchronize(done_), "cudaEventSynchronize(staging)");
+    pending_ = false;
+    return bytes_;
+  }
+  void release(cudaStream_t stream) {
+    if (!done_) check_cuda(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreate");
+    check_cuda(cudaEventRecord(done_, stream), "cudaEventRecord");
+    pending_ = true;
+  }
+
+ private:
+  PinnedBytes bytes_;
+  cudaEvent_t done_ = nullptr;
+  bool pending_ = false;
+};
+
 // Lays arrays out back to back (each 16-byte aligned) in one staging buffer and one device buffer.
 class MetadataPack {
  public:
@@ -136,6 +181,7 @@ class MetadataPack {
     size_ = off + bytes.size();
     return off;
   }
+  [[nodiscard]] std::size_t bytes() const { return size_; }
   // Copies everything into staging and issues one host-to-device copy.
   void upload(PinnedBytes& staging, DeviceBuffer<std::byte>& device, cudaStream_t stream) {
     std::byte* host = staging.reserve(std::max<std::size_t>(size_, 16));
@@ -167,6 +213,19 @@ std::size_t align_floats(std::size_t n) {
 
 [[noreturn]] void bad_mask(const std::string& what) {
   throw Error(ErrorCode::kInvalidArgument, "CUDA backend: sparse mask " + what);
+}
+
+// What CpuBackend reports for a selective forward (selective_recompute.hpp): the rows kept, the
+// deviations (0 outside chunks) and each chunk's mean deviation.
+// The checks of check_chunk_placement on the slots alone (a kept chunk has no ChunkKv to check).
+void check_slots(std::int32_t position, std::span<const std::int64_t> slots, std::size_t n_tokens,
+                 int num_blocks, int block_size) {
+  check(position >= 0, ErrorCode::kInvalidArgument, "chunk KV: position must be >= 0");
+  check(slots.size() == n_tokens, ErrorCode::kInvalidArgument, "chunk KV: need one cache slot per token");
+  const std::int64_t max_slot = static_cast<std::int64_t>(num_blocks) * block_size;
+  for (const auto s : slots)
+    check(s >= 0 && s < max_slot, ErrorCode::kInvalidArgument,
+          "chunk KV: cache slot " + std::to_string(s) + " outside the KV pool");
 }
 
 // CSR offsets of `rows` rows over `entries` entries: rows + 1 of them, from 0, not decreasing.
@@ -210,6 +269,7 @@ struct CudaBackend::Impl {
   Gemm gemm;
 
   std::variant<Storage<bf16>, Storage<f16>> storage;
+  std::vector<float> inv_freq_host;
   DeviceBuffer<float> inv_freq;
   std::size_t kv_layer_elems = 0;
 
@@ -253,6 +313,41 @@ struct CudaBackend::Impl {
   PinnedBytes index_counts;
   BlockMask index_summary;
 
+  // Chunk KV placement: one layer of fp32 K|V (host uploads and downloads go through it), and the
+  // slots and rotation of a placement with their pinned staging (fenced: write_kept_chunk_kv does
+  // not wait for its copy).
+  DeviceBuffer<float> chunk_f32;
+  DeviceBuffer<std::byte> chunk_meta;
+  FencedPinned chunk_staging;
+  // The device tier: entries [layers][K|V][n_tokens, kv_dim] in the storage type, at position0.
+  struct KeptChunk {
+    DeviceBuffer<std::byte> data;
+    std::int32_t n_tokens = 0;
+    std::int32_t position0 = 0;
+    std::list<ChunkKey>::iterator used;  // its place in kept_lru
+  };
+  std::unordered_map<ChunkKey, KeptChunk, ChunkKeyHash> kept;
+  std::list<ChunkKey> kept_lru;  // most recently used first
+  std::size_t kept_capacity = 0;
+  std::size_t kept_bytes = 0;
+
+  // Selective recompute: the check layer's deviations, and the rows kept after it (their residual
+  // rows gathered through x_kept; their metadata uploaded through narrow_staging).
+  DeviceBuffer<float> deviation;
+  PinnedBytes deviation_host;
+  DeviceBuffer<float> x_kept;
+  PinnedBytes narrow_staging;
+  DeviceBuffer<std::byte> narrow_metadata;
+
+  // The rows a step runs through the layers, as device views.
+  struct StepRows {
+    std::int64_t rows = 0;
+    const std::int32_t* positions = nullptr;
+    const std::int64_t* slots = nullptr;
+    const std::int32_t* logit_rows = nullptr;
+    AttentionBatchView batch;
+  };
+
   Impl(std::shared_ptr<const Model> m, int nb, int bs, int dev, DType dt)
       : model(std::move(m)),
         num_blocks(nb),
@@ -264,7 +359,11 @@ struct CudaBackend::Impl {
 
   ~Impl() {
     for (cudaEvent_t e : index_events) cudaEventDestroy(e);
-    if (stream) cudaStreamDestroy(stream);
+    if (stream) {
+      // write_kept_chunk_kv may still be reading a kept entry that the members free.
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
   }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
@@ -290,6 +389,20 @@ struct CudaBackend::Impl {
                                          float scale);
   // After the step's synchronisation: one record() per qualifying chunk and layer.
   void report_device_masks(const ForwardBatch& b);
+
+  // At a selective recompute's check layer, before the KV write: every row's key deviation comes
+  // to the host (one synchronisation); returns the rows to keep, and fills the report.
+  template <class E>
+  std::vector<std::int32_t> select_rows(Storage<E>& s, const ForwardBatch& b, int l, const StepRows& all);
+  // After the check layer: moves the kept rows of x to the front, uploads their metadata and
+  // re-plans attention for them (the same sequence: all kv_len keys, causal by each row's position).
+  StepRows narrow(const ForwardBatch& b, const std::vector<std::int32_t>& keep, const StepRows& all);
+
+  // Uploads the slots of a chunk placement and the rotation by delta positions (null for 0).
+  std::pair<const std::int64_t*, const double*> upload_placement(std::span<const std::int64_t> slots,
+                                                                 std::int32_t delta);
+  void drop_kept(const ChunkKey& key);
+  void evict_kept(std::size_t limit);  // least recently used first, until kept_bytes <= limit
 
   template <class T>
   T* k_cache(Storage<T>& s, int l) {
@@ -341,9 +454,10 @@ CudaBackend::CudaBackend(std::shared_ptr<const Model> model, int num_blocks, int
   impl_ = std::make_unique<Impl>(std::move(model), num_blocks, block_size, device, dtype);
   Impl& m = *impl_;
   check_cuda(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  const std::vector<float> inv_freq = cpu::rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling);
-  m.inv_freq = DeviceBuffer<float>(inv_freq.size());
-  check_cuda(cudaMemcpy(m.inv_freq.get(), inv_freq.data(), inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice),
+  m.inv_freq_host = cpu::rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling);
+  m.inv_freq = DeviceBuffer<float>(m.inv_freq_host.size());
+  check_cuda(cudaMemcpy(m.inv_freq.get(), m.inv_freq_host.data(), m.inv_freq_host.size() * sizeof(float),
+                        cudaMemcpyHostToDevice),
              "upload inv_freq");
   m.kv_layer_elems = static_cast<std::size_t>(num_blocks) * m.block_elems();
   std::visit(
@@ -594,20 +708,22 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
                                                 const std::vector<std::span<const std::byte>>& extra) {
   const ModelConfig& c = model->config();
   validate(b, logits_size, c.vocab, num_blocks, block_size);
-  // Loading reused chunk KV and recomputing a subset of rows is implemented on the CPU backend only.
-  check(b.recompute == nullptr, ErrorCode::kUnsupported,
-        "selective recompute (chunk reuse) is not implemented on the CUDA backend yet");
+  const SelectiveRecompute* recompute = b.recompute;
+  if (recompute != nullptr) {
+    check(recompute->check_layer < c.n_layers, ErrorCode::kInvalidArgument,
+          "forward batch: selective recompute: check_layer " + std::to_string(recompute->check_layer) +
+              " must be below the model's " + std::to_string(c.n_layers) + " layers");
+  }
   for (const TokenId t : b.tokens)
     check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange,
           "token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) + ")");
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
   plan_sparse(b);
-  const std::int64_t T = b.rows();
   const cudaStream_t st = stream;
   const std::int64_t H = c.hidden, Q = c.q_dim(), F = c.ffn;
   const std::int64_t QKV = Q + 2 * static_cast<std::int64_t>(c.kv_dim());
   const auto n_out = static_cast<std::int64_t>(b.logit_rows.size());
-  const auto rows = static_cast<std::size_t>(std::max<std::int64_t>(T, 1));
+  const auto rows = static_cast<std::size_t>(std::max<std::int64_t>(b.rows(), 1));
   x.reserve(rows * H), qkv.reserve(rows * QKV), gate_up.reserve(rows * 2 * F);
   s.h.reserve(rows * H), s.q.reserve(rows * Q), s.attn.reserve(rows * Q), s.act.reserve(rows * F);
   s.h_out.reserve(static_cast<std::size_t>(std::max<std::int64_t>(n_out, 1)) * H);
@@ -620,43 +736,55 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
   std::vector<std::size_t> extra_offsets;
   for (const auto& e : extra) extra_offsets.push_back(pack.add(e));
   pack.upload(staging, metadata, st);
-  if (T == 0) return extra_offsets;
+  if (b.rows() == 0) return extra_offsets;
   auto dev = [&](std::size_t off) { return metadata.get() + off; };
   const auto* d_tokens = reinterpret_cast<const std::int32_t*>(dev(o_tokens));
-  const auto* d_pos = reinterpret_cast<const std::int32_t*>(dev(o_pos));
-  const auto* d_slots = reinterpret_cast<const std::int64_t*>(dev(o_slots));
-  const AttentionBatchView ab{reinterpret_cast<const std::int32_t*>(dev(o_qs)),
-                              reinterpret_cast<const std::int32_t*>(dev(o_ps)),
-                              reinterpret_cast<const std::int32_t*>(dev(o_pages)),
-                              reinterpret_cast<const std::int32_t*>(dev(o_kvlen)),
-                              d_pos,
-                              static_cast<int>(b.num_seqs()),
-                              static_cast<int>(T)};
+  // The rows that run through the layers: the whole batch, until a selective recompute's check
+  // layer narrows them to the rows it selects.
+  StepRows r;
+  r.rows = b.rows();
+  r.positions = reinterpret_cast<const std::int32_t*>(dev(o_pos));
+  r.slots = reinterpret_cast<const std::int64_t*>(dev(o_slots));
+  r.logit_rows = reinterpret_cast<const std::int32_t*>(dev(o_logit_rows));
+  r.batch = AttentionBatchView{reinterpret_cast<const std::int32_t*>(dev(o_qs)),
+                               reinterpret_cast<const std::int32_t*>(dev(o_ps)),
+                               reinterpret_cast<const std::int32_t*>(dev(o_pages)),
+                               reinterpret_cast<const std::int32_t*>(dev(o_kvlen)),
+                               r.positions,
+                               static_cast<int>(b.num_seqs()),
+                               static_cast<int>(r.rows)};
   attention.plan(b.query_start, b.page_start, b.kv_len, b.positions, c.n_heads, c.n_kv_heads, c.head_dim,
                  block_size, st, sparse_tile);
 
   // validate() has checked the ids on the host; the kernel's own guard only keeps a corrupted
   // upload from reading out of bounds, so its flag is not asked for.
-  embed(s.embedding.get(), c.vocab, H, d_tokens, T, x.get(), nullptr, st);
+  embed(s.embedding.get(), c.vocab, H, d_tokens, r.rows, x.get(), nullptr, st);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  for (int l = 0; l < c.n_layers; ++l) {
+  for (int l = 0; l < c.n_layers && r.rows > 0; ++l) {
     const Layer<E>& L = s.layers[static_cast<std::size_t>(l)];
+    const std::int64_t T = r.rows;
     add_rms_norm(x.get(), nullptr, L.attn_norm.get(), T, H, c.rms_eps, s.h.get(), st);
     gemm.linear(s.h.get(), T, H, L.wqkv.get(), QKV, qkv.get(), 0.0f, st);
-    rope_write_kv(qkv.get(), T, c.n_heads, c.n_kv_heads, c.head_dim, d_pos, inv_freq.get(), d_slots,
+    // At the check layer the loaded keys are still in the cache: measure, then overwrite them.
+    const bool check_layer = recompute != nullptr && l == recompute->check_layer;
+    std::vector<std::int32_t> keep;
+    if (check_layer) keep = select_rows(s, b, l, r);
+    rope_write_kv(qkv.get(), T, c.n_heads, c.n_kv_heads, c.head_dim, r.positions, inv_freq.get(), r.slots,
                   s.q.get(), k_cache(s, l), v_cache(s, l), block_size, st);
     const BasicPagedKvView<E> cache{k_cache(s, l), v_cache(s, l), block_size, c.n_kv_heads, c.head_dim};
     const BlockSparseMaskView* mask = nullptr;
     if (device_sparse)
-      mask = device_mask(s, b, l, ab.pages, cache, scale);
+      mask = device_mask(s, b, l, r.batch.pages, cache, scale);
     else if (!sparse_seqs.empty())
-      mask = sparse_mask(s, b, l, ab.pages, scale);
-    attention.run(s.q.get(), cache, ab, mask, scale, s.attn.get(), st);
+      mask = sparse_mask(s, b, l, r.batch.pages, scale);
+    attention.run(s.q.get(), cache, r.batch, mask, scale, s.attn.get(), st);
     gemm.linear(s.attn.get(), T, Q, L.wo.get(), H, x.get(), 1.0f, st);  // += residual
     add_rms_norm(x.get(), nullptr, L.ffn_norm.get(), T, H, c.rms_eps, s.h.get(), st);
     gemm.linear(s.h.get(), T, H, L.w_gate_up.get(), 2 * F, gate_up.get(), 0.0f, st);
     swiglu(gate_up.get(), T, F, s.act.get(), st);
     gemm.linear(s.act.get(), T, F, L.w_down.get(), H, x.get(), 1.0f, st);  // += residual
+    // Keeping every row (all ratios 1) changes nothing: the same launches as a full prefill.
+    if (check_layer && static_cast<std::int64_t>(keep.size()) < T) r = narrow(b, keep, r);
   }
   if (device_sparse && index_builder.counts_size() > 0)
     check_cuda(
@@ -664,12 +792,74 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
                         index_builder.counts_size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost, st),
         "download sparse mask counts");
   if (n_out > 0) {
-    add_rms_norm(x.get(), nullptr, s.output_norm.get(), T, H, c.rms_eps, s.h.get(), st);
-    gather_rows(s.h.get(), H, reinterpret_cast<const std::int32_t*>(dev(o_logit_rows)), n_out, s.h_out.get(),
-                st);
+    add_rms_norm(x.get(), nullptr, s.output_norm.get(), r.rows, H, c.rms_eps, s.h.get(), st);
+    gather_rows(s.h.get(), H, r.logit_rows, n_out, s.h_out.get(), st);
     gemm.linear(s.h_out.get(), n_out, H, s.lm_head, c.vocab, logits.get(), 0.0f, st);
   }
   return extra_offsets;
+}
+
+template <class E>
+std::vector<std::int32_t> CudaBackend::Impl::select_rows(Storage<E>& s, const ForwardBatch& b, int l,
+                                                         const StepRows& all) {
+  const ModelConfig& c = model->config();
+  const SelectiveRecompute& r = *b.recompute;
+  const auto n = static_cast<std::size_t>(all.rows);
+  deviation.reserve(n);
+  key_deviation(qkv.get(), all.rows, c.n_heads, c.n_kv_heads, c.head_dim, all.positions, inv_freq.get(),
+                all.slots, k_cache(s, l), deviation.get(), stream);
+  auto* host = reinterpret_cast<float*>(deviation_host.reserve(n * sizeof(float)));
+  check_cuda(cudaMemcpyAsync(host, deviation.get(), n * sizeof(float), cudaMemcpyDeviceToHost, stream),
+             "download key deviations");
+  check_cuda(cudaStreamSynchronize(stream), "selective recompute: key deviations");
+  // Rows outside every chunk have no loaded key: 0, as on the CPU.
+  std::vector<float> d(n, 0.0f);
+  for (const auto& chunk : r.chunks) std::copy(host + chunk.begin, host + chunk.end, d.begin() + chunk.begin);
+  std::vector<std::int32_t> keep = select_recompute_rows(r, d);
+  if (r.report != nullptr) fill_recompute_report(r, std::move(d), keep);
+  return keep;
+}
+
+CudaBackend::Impl::StepRows CudaBackend::Impl::narrow(const ForwardBatch& b,
+                                                      const std::vector<std::int32_t>& keep,
+                                                      const StepRows& all) {
+  const ModelConfig& c = model->config();
+  const auto n = static_cast<std::int32_t>(keep.size());
+  std::vector<std::int32_t> positions, logit_rows;
+  std::vector<std::int64_t> slots;
+  for (const std::int32_t row : keep) {
+    positions.push_back(b.positions[static_cast<std::size_t>(row)]);
+    slots.push_back(b.slots[static_cast<std::size_t>(row)]);
+  }
+  // validate() made every logit row an always row, and always rows are all kept.
+  for (const std::int32_t row : b.logit_rows)
+    logit_rows.push_back(
+        static_cast<std::int32_t>(std::lower_bound(keep.begin(), keep.end(), row) - keep.begin()));
+  const std::vector<std::int32_t> query_start{0, n};
+  MetadataPack pack;
+  const std::size_t o_keep = pack.add(keep), o_pos = pack.add(positions), o_slots = pack.add(slots),
+                    o_qs = pack.add(query_start), o_logit_rows = pack.add(logit_rows);
+  pack.upload(narrow_staging, narrow_metadata, stream);
+  auto dev = [&](std::size_t off) { return narrow_metadata.get() + off; };
+  StepRows r;
+  r.rows = n;
+  r.positions = reinterpret_cast<const std::int32_t*>(dev(o_pos));
+  r.slots = reinterpret_cast<const std::int64_t*>(dev(o_slots));
+  r.logit_rows = reinterpret_cast<const std::int32_t*>(dev(o_logit_rows));
+  r.batch = all.batch;
+  r.batch.query_start = reinterpret_cast<const std::int32_t*>(dev(o_qs));
+  r.batch.q_pos = r.positions;
+  r.batch.rows = n;
+  if (n == 0) return r;
+  const std::int64_t H = c.hidden;
+  x_kept.reserve(static_cast<std::size_t>(n) * static_cast<std::size_t>(H));
+  gather_rows(x.get(), H, reinterpret_cast<const std::int32_t*>(dev(o_keep)), n, x_kept.get(), stream);
+  check_cuda(cudaMemcpyAsync(x.get(), x_kept.get(), static_cast<std::size_t>(n) * H * sizeof(float),
+                             cudaMemcpyDeviceToDevice, stream),
+             "narrow rows");
+  attention.plan(query_start, b.page_start, b.kv_len, positions, c.n_heads, c.n_kv_heads, c.head_dim,
+                 block_size, stream);
+  return r;
 }
 
 void CudaBackend::forward(const ForwardBatch& b, std::span<float> out) {
@@ -757,6 +947,168 @@ void CudaBackend::load_block(BlockId dst, std::span<const std::byte> src) {
       in += m.block_bytes();
     }
   check_cuda(cudaStreamSynchronize(m.stream), "load KV block");
+}
+
+std::pair<const std::int64_t*, const double*> CudaBackend::Impl::upload_placement(
+    std::span<const std::int64_t> slots, std::int32_t delta) {
+  // cos and sin of delta * inv_freq in double, as rotate_keys forms them.
+  std::vector<double> rotation;
+  if (delta != 0) {
+    const std::size_t half = inv_freq_host.size();
+    rotation.resize(2 * half);
+    for (std::size_t i = 0; i < half; ++i) {
+      const double angle = static_cast<double>(delta) * static_cast<double>(inv_freq_host[i]);
+      rotation[i] = std::cos(angle);
+      rotation[half + i] = std::sin(angle);
+    }
+  }
+  MetadataPack pack;
+  const std::size_t o_slots = pack.add(std::as_bytes(slots)), o_rotation = pack.add(rotation);
+  // A placement that is not waited for may still read the buffer a growth frees.
+  if (pack.bytes() > chunk_meta.size()) check_cuda(cudaStreamSynchronize(stream), "chunk KV metadata");
+  pack.upload(chunk_staging.acquire(), chunk_meta, stream);
+  chunk_staging.release(stream);
+  return {reinterpret_cast<const std::int64_t*>(chunk_meta.get() + o_slots),
+          delta != 0 ? reinterpret_cast<const double*>(chunk_meta.get() + o_rotation) : nullptr};
+}
+
+void CudaBackend::write_chunk_kv(const ChunkKv& kv, std::int32_t position,
+                                 std::span<const std::int64_t> slots) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.model->config();
+  check_chunk_placement(kv, c, position, slots, m.num_blocks, m.block_size);
+  check_cuda(cudaSetDevice(m.device), "cudaSetDevice");
+  const auto [d_slots, d_rotation] = m.upload_placement(slots, position - kv.position0);
+  const std::size_t layer_floats = kv.k(0).size() + kv.v(0).size();
+  m.chunk_f32.reserve(layer_floats);
+  std::visit(
+      [&](auto& s) {
+        for (int l = 0; l < c.n_layers; ++l) {
+          // K then V of layer l are contiguous in kv.data.
+          check_cuda(cudaMemcpyAsync(m.chunk_f32.get(), kv.k(l).data(), layer_floats * sizeof(float),
+                                     cudaMemcpyHostToDevice, m.stream),
+                     "upload chunk KV");
+          place_chunk_kv(m.chunk_f32.get(), 1, kv.n_tokens, c.n_kv_heads, c.head_dim, d_rotation, d_slots,
+                         m.k_cache(s, l), static_cast<std::int64_t>(m.kv_layer_elems), m.stream);
+        }
+      },
+      m.storage);
+  // The caller may free kv once this returns.
+  check_cuda(cudaStreamSynchronize(m.stream), "write chunk KV");
+}
+
+ChunkKv CudaBackend::read_chunk_kv(std::span<const TokenId> tokens, std::int32_t position0,
+                                   std::span<const std::int64_t> slots) const {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.model->config();
+  ChunkKv kv = ChunkKv::zeros(tokens, c.n_layers, c.kv_dim(), position0);
+  check_chunk_placement(kv, c, position0, slots, m.num_blocks, m.block_size);
+  check_cuda(cudaSetDevice(m.device), "cudaSetDevice");
+  const std::int64_t* d_slots = m.upload_placement(slots, 0).first;
+  const std::size_t layer_floats = kv.k(0).size() + kv.v(0).size();
+  m.chunk_f32.reserve(layer_floats);
+  std::visit(
+      [&](auto& s) {
+        for (int l = 0; l < c.n_layers; ++l) {
+          gather_chunk_kv(m.k_cache(s, l), 1, static_cast<std::int64_t>(m.kv_layer_elems), kv.n_tokens,
+                          kv.kv_dim, d_slots, m.chunk_f32.get(), m.stream);
+          check_cuda(cudaMemcpyAsync(kv.k(l).data(), m.chunk_f32.get(), layer_floats * sizeof(float),
+                                     cudaMemcpyDeviceToHost, m.stream),
+                     "download chunk KV");
+        }
+      },
+      m.storage);
+  check_cuda(cudaStreamSynchronize(m.stream), "read chunk KV");
+  return kv;
+}
+
+void CudaBackend::Impl::drop_kept(const ChunkKey& key) {
+  // A placement from the entry may still be running.
+  check_cuda(cudaStreamSynchronize(stream), "drop kept chunk KV");
+  const auto it = kept.find(key);
+  kept_bytes -= it->second.data.bytes();
+  kept_lru.erase(it->second.used);
+  kept.erase(it);
+}
+
+void CudaBackend::Impl::evict_kept(std::size_t limit) {
+  while (kept_bytes > limit) {
+    const ChunkKey victim = kept_lru.back();
+    drop_kept(victim);
+  }
+}
+
+void CudaBackend::set_chunk_tier_capacity(std::size_t bytes) {
+  Impl& m = *impl_;
+  m.kept_capacity = bytes;
+  m.evict_kept(bytes);
+}
+
+void CudaBackend::keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.model->config();
+  kv.validate();
+  check(kv.n_layers == c.n_layers && kv.kv_dim == c.kv_dim(), ErrorCode::kInvalidArgument,
+        "chunk KV of " + std::to_string(kv.n_layers) + " layers of width " + std::to_string(kv.kv_dim) +
+            " kept for a model of " + std::to_string(c.n_layers) + " of width " + std::to_string(c.kv_dim()));
+  if (m.kept.count(key) != 0) m.drop_kept(key);
+  const std::size_t bytes = kv.data.size() * sizeof(bf16);
+  if (bytes > m.kept_capacity) return;
+  m.evict_kept(m.kept_capacity - bytes);
+  check_cuda(cudaSetDevice(m.device), "cudaSetDevice");
+  Impl::KeptChunk entry;
+  entry.data = DeviceBuffer<std::byte>(bytes);
+  entry.n_tokens = kv.n_tokens;
+  entry.position0 = kv.position0;
+  const std::size_t layer_floats = kv.k(0).size() + kv.v(0).size();
+  m.chunk_f32.reserve(layer_floats);
+  std::visit(
+      [&](auto& s) {
+        using E = std::remove_pointer_t<decltype(s.kv.get())>;
+        auto* dst = reinterpret_cast<E*>(entry.data.get());
+        for (int l = 0; l < c.n_layers; ++l) {
+          check_cuda(cudaMemcpyAsync(m.chunk_f32.get(), kv.k(l).data(), layer_floats * sizeof(float),
+                                     cudaMemcpyHostToDevice, m.stream),
+                     "upload chunk KV");
+          convert(m.chunk_f32.get(), static_cast<std::int64_t>(layer_floats),
+                  dst + static_cast<std::size_t>(l) * layer_floats, m.stream);
+        }
+      },
+      m.storage);
+  check_cuda(cudaStreamSynchronize(m.stream), "keep chunk KV");
+  m.kept_lru.push_front(key);
+  entry.used = m.kept_lru.begin();
+  m.kept_bytes += bytes;
+  m.kept.emplace(key, std::move(entry));
+}
+
+bool CudaBackend::write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
+                                      std::span<const std::int64_t> slots) {
+  Impl& m = *impl_;
+  const auto it = m.kept.find(key);
+  if (it == m.kept.end()) return false;
+  Impl::KeptChunk& entry = it->second;
+  check_slots(position, slots, static_cast<std::size_t>(entry.n_tokens), m.num_blocks, m.block_size);
+  m.kept_lru.splice(m.kept_lru.begin(), m.kept_lru, entry.used);
+  const ModelConfig& c = m.model->config();
+  check_cuda(cudaSetDevice(m.device), "cudaSetDevice");
+  const auto [d_slots, d_rotation] = m.upload_placement(slots, position - entry.position0);
+  std::visit(
+      [&](auto& s) {
+        using E = std::remove_pointer_t<decltype(s.kv.get())>;
+        place_chunk_kv(reinterpret_cast<const E*>(entry.data.get()), c.n_layers, entry.n_tokens, c.n_kv_heads,
+                       c.head_dim, d_rotation, d_slots, s.kv.get(),
+                       static_cast<std::int64_t>(m.kv_layer_elems), m.stream);
+      },
+      m.storage);
+  return true;
+}
+
+std::size_t CudaBackend::chunk_tier_bytes() const {
+  return impl_->kept_bytes;
+}
+std::size_t CudaBackend::chunk_tier_entries() const {
+  return impl_->kept.size();
 }
 
 namespace {

@@ -1,9 +1,11 @@
 // Element-wise and row-wise kernels of the CUDA backend: embedding lookup, fused residual add +
 // RMSNorm, RoPE with the paged KV-cache write, SwiGLU, row gather, the paged KV gather to fp32 (the
-// sparse-attention probe) and conversions. All memory-bound:
+// sparse-attention probe), conversions, and chunk reuse (the check layer's key deviation, chunk KV
+// placement with re-rotation and its gather). All memory-bound:
 // one pass over the data, 16-byte vectors (8 bf16 or fp16 / 2x4 floats) where the row length is a
 // multiple of 8 and the pointers are 16-byte aligned, a scalar path otherwise; fp32 arithmetic
-// throughout. Templates over the storage type T (bf16, f16), instantiated at the end.
+// throughout, but for the double sums and rotations of chunk reuse. Templates over the storage type
+// T (bf16, f16), instantiated at the end.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -212,6 +214,26 @@ __global__ void rms_norm_generic_kernel(float* __restrict__ x, const float* resi
 
 constexpr int kMaxHalfHeadDim = 256;
 
+// cos and sin of position * inv_freq[i], i < half, into shared memory (the caller syncs). HF:
+// freqs = inv_freq.float() @ position.float(): one fp32 product, then fp32 cos and sin.
+__device__ __forceinline__ void rope_angles(std::int32_t position, const float* __restrict__ inv_freq,
+                                            int half, float* cos_s, float* sin_s) {
+  const auto pos = static_cast<float>(position);
+  for (int i = static_cast<int>(threadIdx.x); i < half; i += static_cast<int>(blockDim.x)) {
+    float s, c;
+    sincosf(__fmul_rn(inv_freq[i], pos), &s, &c);
+    cos_s[i] = c;
+    sin_s[i] = s;
+  }
+}
+
+// x * cos + rotate_half(x) * sin on the pair (x1, x2) = (x[i], x[i + half]), rotate_half(x) = cat(-x2, x1).
+__device__ __forceinline__ void rope_pair(float& x1, float& x2, float c, float s) {
+  const float a = x1, b = x2;
+  x1 = a * c - b * s;
+  x2 = b * c + a * s;
+}
+
 // One CTA per row: cos/sin of the row's position once in shared memory, then every (head, chunk of
 // V pair indices) of q, k and v: q and k rotated, q to q_out, k and v to the cache slot.
 template <int V, class T>
@@ -224,14 +246,7 @@ __global__ void rope_write_kv_kernel(const float* __restrict__ qkv, int n_heads,
   __shared__ float sin_s[kMaxHalfHeadDim];
   const i64 r = blockIdx.x;
   const int half = head_dim / 2;
-  // HF: freqs = inv_freq.float() @ position.float(): one fp32 product, then fp32 cos and sin.
-  const auto pos = static_cast<float>(positions[r]);
-  for (int i = static_cast<int>(threadIdx.x); i < half; i += static_cast<int>(blockDim.x)) {
-    float s, c;
-    sincosf(__fmul_rn(inv_freq[i], pos), &s, &c);
-    cos_s[i] = c;
-    sin_s[i] = s;
-  }
+  rope_angles(positions[r], inv_freq, half, cos_s, sin_s);
   __syncthreads();
   const int heads = n_heads + 2 * n_kv_heads;
   const int chunks = half / V;
@@ -255,18 +270,91 @@ __global__ void rope_write_kv_kernel(const float* __restrict__ qkv, int n_heads,
     load_f32<V>(src + half + i, b);
     if (h < n_heads + n_kv_heads) {
 #pragma unroll
-      for (int e = 0; e < V; ++e) {
-        const float c = cos_s[i + e];
-        const float s = sin_s[i + e];
-        const float x1 = a[e];
-        const float x2 = b[e];
-        // q * cos + rotate_half(q) * sin, rotate_half(q) = cat(-x2, x1).
-        a[e] = x1 * c - x2 * s;
-        b[e] = x2 * c + x1 * s;
-      }
+      for (int e = 0; e < V; ++e) rope_pair(a[e], b[e], cos_s[i + e], sin_s[i + e]);
     }
     store_t<V>(dst + i, a);
     store_t<V>(dst + half + i, b);
+  }
+}
+
+// ---- chunk reuse ----
+
+// One CTA per row: the row's keys roped as in rope_write_kv_kernel, compared with the cache's.
+template <class T>
+__global__ void key_deviation_kernel(const float* __restrict__ qkv, int n_heads, int n_kv_heads, int head_dim,
+                                     const std::int32_t* __restrict__ positions,
+                                     const float* __restrict__ inv_freq, const i64* __restrict__ slots,
+                                     const T* __restrict__ k_cache, float* __restrict__ deviation) {
+  __shared__ float cos_s[kMaxHalfHeadDim];
+  __shared__ float sin_s[kMaxHalfHeadDim];
+  __shared__ double warp_sums[32];
+  const i64 r = blockIdx.x;
+  const int half = head_dim / 2;
+  rope_angles(positions[r], inv_freq, half, cos_s, sin_s);
+  __syncthreads();
+  const i64 slot = slots[r];
+  double sum = 0.0;
+  if (slot >= 0) {
+    const float* k = qkv + (r * (n_heads + 2 * n_kv_heads) + n_heads) * head_dim;
+    const T* old = k_cache + slot * n_kv_heads * head_dim;
+    for (int u = static_cast<int>(threadIdx.x); u < n_kv_heads * half; u += static_cast<int>(blockDim.x)) {
+      const int h = u / half;
+      const int a = h * head_dim + (u - h * half);
+      float x1 = k[a], x2 = k[a + half];
+      rope_pair(x1, x2, cos_s[u - h * half], sin_s[u - h * half]);
+      const double e1 = static_cast<double>(x1) - to_float(old[a]);
+      const double e2 = static_cast<double>(x2) - to_float(old[a + half]);
+      sum += e1 * e1 + e2 * e2;
+    }
+  }
+  for (int x = 16; x > 0; x >>= 1) sum += __shfl_xor_sync(kFullMask, sum, x);
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+  if ((threadIdx.x & 31) == 0) warp_sums[warp] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x) >> 5; ++w) total += warp_sums[w];
+    deviation[r] = static_cast<float>(total);
+  }
+}
+
+// One CTA per (token, layer): the token's keys rotated pair by pair in double, its values copied.
+template <class S, class T>
+__global__ void place_chunk_kv_kernel(const S* __restrict__ src, i64 n_tokens, int n_kv_heads, int head_dim,
+                                      const double* __restrict__ rotation, const i64* __restrict__ slots,
+                                      T* __restrict__ cache, i64 layer_elems) {
+  const i64 i = blockIdx.x;
+  const i64 l = blockIdx.y;
+  const int half = head_dim / 2;
+  const i64 kv_dim = static_cast<i64>(n_kv_heads) * head_dim;
+  const S* k = src + (2 * l * n_tokens + i) * kv_dim;
+  const S* v = k + n_tokens * kv_dim;
+  T* kc = cache + 2 * l * layer_elems + slots[i] * kv_dim;
+  T* vc = kc + layer_elems;
+  for (int u = static_cast<int>(threadIdx.x); u < n_kv_heads * half; u += static_cast<int>(blockDim.x)) {
+    const int h = u / half;
+    const int j = u - h * half;
+    const int a = h * head_dim + j;
+    float y1 = to_float(k[a]), y2 = to_float(k[a + half]);
+    if (rotation != nullptr) {
+      const double x1 = y1, x2 = y2, c = rotation[j], s = rotation[half + j];
+      y1 = static_cast<float>(x1 * c - x2 * s);
+      y2 = static_cast<float>(x2 * c + x1 * s);
+    }
+    kc[a] = from_float<T>(y1);
+    kc[a + half] = from_float<T>(y2);
+  }
+  for (i64 e = threadIdx.x; e < kv_dim; e += blockDim.x) vc[e] = from_float<T>(to_float(v[e]));
+}
+
+// Element t of the output ([layers][K|V][n_tokens, kv_dim]) from its cache slot.
+template <class T>
+__global__ void gather_chunk_kv_kernel(const T* __restrict__ cache, i64 total, i64 layer_elems, i64 n_tokens,
+                                       i64 kv_dim, const i64* __restrict__ slots, float* __restrict__ out) {
+  for (i64 t = global_thread(); t < total; t += global_stride()) {
+    const i64 row = t / kv_dim;  // (2 * layer + K|V) * n_tokens + token
+    const i64 lw = row / n_tokens;
+    out[t] = to_float(cache[lw * layer_elems + slots[row - lw * n_tokens] * kv_dim + (t - row * kv_dim)]);
   }
 }
 
@@ -291,6 +379,7 @@ __global__ void swiglu_kernel(const float* __restrict__ gate_up, i64 rows, i64 f
 
 // ---- gather and conversions ----
 
+// V elements of T are one 16-byte vector when V * sizeof(T) == 16, else V == 1.
 template <int V, class T>
 __global__ void gather_rows_kernel(const T* __restrict__ x, i64 dim, const std::int32_t* __restrict__ rows,
                                    i64 n, T* __restrict__ out) {
@@ -307,7 +396,7 @@ __global__ void gather_rows_kernel(const T* __restrict__ x, i64 dim, const std::
       continue;
     }
     const T* src = x + static_cast<i64>(src_row) * dim + c;
-    if constexpr (V == 8) {
+    if constexpr (V * sizeof(T) == 16) {
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
     } else {
 #pragma unroll
@@ -460,6 +549,56 @@ void rope_write_kv(const float* qkv, std::int64_t rows, int n_heads, int n_kv_he
 }
 
 template <class T>
+void key_deviation(const float* qkv, std::int64_t rows, int n_heads, int n_kv_heads, int head_dim,
+                   const std::int32_t* positions, const float* inv_freq, const std::int64_t* slots,
+                   const T* k_cache, float* deviation, cudaStream_t stream) {
+  require(rows >= 0 && n_heads > 0 && n_kv_heads > 0, "key_deviation",
+          "need rows >= 0 and positive n_heads and n_kv_heads");
+  require(head_dim > 0 && head_dim % 2 == 0 && head_dim / 2 <= kMaxHalfHeadDim, "key_deviation",
+          "head_dim must be even and at most " + std::to_string(2 * kMaxHalfHeadDim));
+  if (rows == 0) return;
+  require(rows <= 0x7fffffff, "key_deviation", "too many rows");
+  require(qkv != nullptr && positions != nullptr && inv_freq != nullptr && slots != nullptr &&
+              k_cache != nullptr && deviation != nullptr,
+          "key_deviation", "null pointer");
+  const int threads = std::clamp((n_kv_heads * head_dim / 2 + 31) / 32 * 32, 32, 256);
+  key_deviation_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(
+      qkv, n_heads, n_kv_heads, head_dim, positions, inv_freq, slots, k_cache, deviation);
+  check_launch("key_deviation");
+}
+
+template <class S, class T>
+void place_chunk_kv(const S* src, int layers, std::int64_t n_tokens, int n_kv_heads, int head_dim,
+                    const double* rotation, const std::int64_t* slots, T* cache, std::int64_t layer_elems,
+                    cudaStream_t stream) {
+  require(layers >= 0 && n_tokens >= 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
+          "place_chunk_kv", "need layers, n_tokens >= 0, n_kv_heads > 0 and an even head_dim > 0");
+  require(layer_elems >= static_cast<i64>(n_kv_heads) * head_dim, "place_chunk_kv",
+          "a cache layer is smaller than one token");
+  if (layers == 0 || n_tokens == 0) return;
+  require(layers <= 65535 && n_tokens <= 0x7fffffff, "place_chunk_kv", "too many layers or tokens");
+  require(src != nullptr && slots != nullptr && cache != nullptr, "place_chunk_kv", "null pointer");
+  const int threads = std::clamp((n_kv_heads * head_dim / 2 + 31) / 32 * 32, 32, 256);
+  const dim3 grid(static_cast<unsigned>(n_tokens), static_cast<unsigned>(layers));
+  place_chunk_kv_kernel<<<grid, threads, 0, stream>>>(src, n_tokens, n_kv_heads, head_dim, rotation, slots,
+                                                      cache, layer_elems);
+  check_launch("place_chunk_kv");
+}
+
+template <class T>
+void gather_chunk_kv(const T* cache, int layers, std::int64_t layer_elems, std::int64_t n_tokens, int kv_dim,
+                     const std::int64_t* slots, float* out, cudaStream_t stream) {
+  require(layers >= 0 && n_tokens >= 0 && kv_dim > 0 && layer_elems >= kv_dim, "gather_chunk_kv",
+          "need layers, n_tokens >= 0 and 0 < kv_dim <= layer_elems");
+  if (layers == 0 || n_tokens == 0) return;
+  require(cache != nullptr && slots != nullptr && out != nullptr, "gather_chunk_kv", "null pointer");
+  const i64 total = 2 * static_cast<i64>(layers) * n_tokens * kv_dim;
+  gather_chunk_kv_kernel<<<grid_for(total), kThreads, 0, stream>>>(cache, total, layer_elems, n_tokens,
+                                                                   kv_dim, slots, out);
+  check_launch("gather_chunk_kv");
+}
+
+template <class T>
 void swiglu(const float* gate_up, std::int64_t rows, std::int64_t ffn, T* out, cudaStream_t stream) {
   require(rows >= 0 && ffn >= 0, "swiglu", "negative size");
   if (rows == 0 || ffn == 0) return;
@@ -478,8 +617,9 @@ void gather_rows(const T* x, std::int64_t dim, const std::int32_t* rows, std::in
   require(dim >= 0 && n >= 0, "gather_rows", "negative size");
   if (n == 0 || dim == 0) return;
   require(x != nullptr && rows != nullptr && out != nullptr, "gather_rows", "null pointer");
-  if (dim % 8 == 0 && aligned16(x) && aligned16(out)) {
-    gather_rows_kernel<8><<<grid_for(n * dim / 8), kThreads, 0, stream>>>(x, dim, rows, n, out);
+  constexpr int kVec = 16 / sizeof(T);
+  if (dim % kVec == 0 && aligned16(x) && aligned16(out)) {
+    gather_rows_kernel<kVec><<<grid_for(n * dim / kVec), kThreads, 0, stream>>>(x, dim, rows, n, out);
   } else {
     gather_rows_kernel<1><<<grid_for(n * dim), kThreads, 0, stream>>>(x, dim, rows, n, out);
   }
@@ -543,10 +683,20 @@ void gather_paged_f32(const T* cache, int block_size, int n_kv_heads, int head_d
   template void gather_rows(const T*, std::int64_t, const std::int32_t*, std::int64_t, T*, cudaStream_t);    \
   template void convert(const float*, std::int64_t, T*, cudaStream_t);                                       \
   template void convert(const T*, std::int64_t, float*, cudaStream_t);                                       \
-  template void gather_paged_f32(const T*, int, int, int, const std::int32_t*, std::int64_t, float*,        \
-                                 cudaStream_t);
+  template void gather_paged_f32(const T*, int, int, int, const std::int32_t*, std::int64_t, float*,         \
+                                 cudaStream_t);                                                              \
+  template void key_deviation(const float*, std::int64_t, int, int, int, const std::int32_t*, const float*,  \
+                              const std::int64_t*, const T*, float*, cudaStream_t);                          \
+  template void place_chunk_kv(const float*, int, std::int64_t, int, int, const double*,                     \
+                               const std::int64_t*, T*, std::int64_t, cudaStream_t);                         \
+  template void place_chunk_kv(const T*, int, std::int64_t, int, int, const double*, const std::int64_t*,    \
+                               T*, std::int64_t, cudaStream_t);                                              \
+  template void gather_chunk_kv(const T*, int, std::int64_t, std::int64_t, int, const std::int64_t*, float*, \
+                                cudaStream_t);
 CHUNKWISE_INSTANTIATE_OPS(bf16)
 CHUNKWISE_INSTANTIATE_OPS(f16)
 #undef CHUNKWISE_INSTANTIATE_OPS
+template void gather_rows(const float*, std::int64_t, const std::int32_t*, std::int64_t, float*,
+                          cudaStream_t);
 
 }  // namespace chunkwise::cuda

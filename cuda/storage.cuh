@@ -20,6 +20,10 @@ __device__ __forceinline__ float to_float(bf16 x) {
 __device__ __forceinline__ float to_float(f16 x) {
   return __half2float(x);
 }
+// fp32 itself, for kernels templated over fp32 or a storage type.
+__device__ __forceinline__ float to_float(float x) {
+  return x;
+}
 
 template <class T>
 __device__ __forceinline__ T from_float(float x);
@@ -30,6 +34,10 @@ __device__ __forceinline__ bf16 from_float<bf16>(float x) {
 template <>
 __device__ __forceinline__ f16 from_float<f16>(float x) {
   return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
 }
 
 // Two values in one 32-bit word, the first (lower address) in the low half.

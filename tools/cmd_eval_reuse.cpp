@@ -5,7 +5,7 @@
 // (k, N) and policy it reports, against a full prefill of the same prompts:
 //   - answer accuracy on the questions the full prefill answers (greedy answer contains the answer),
 //   - top-1 agreement and KL of the next-token distributions over the full prefill's answer
-//     (teacher-forced, reuse_logits() against prompt_logits()),
+//     (teacher-forced through reuse_logits(), the reference being the same call without reuse),
 //   - the share of loaded chunk tokens recomputed,
 //   - time to first token with the store warm (median), and its speed-up over the full prefill.
 #include <algorithm>
@@ -15,11 +15,11 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "chunkwise/backend/prompt_logits.hpp"
 #include "chunkwise/core/logits_agreement.hpp"
 #include "chunkwise/sched/reuse_logits.hpp"
 #include "commands.hpp"
@@ -258,14 +258,18 @@ int cmd_eval_reuse(const std::vector<std::string>& argv) {
         full_answer.push_back(encode(reference.outputs[i]));
       }
       const auto n_right = std::count(full_right.begin(), full_right.end(), true);
+      // One backend for every teacher-forced prompt of this size (made once: uploading the weights
+      // per prompt would dominate on a GPU).
+      std::optional<AnyBackend> scorer;
       std::vector<std::vector<float>> full_logits;
       if (!args.flag("no-quality")) {
-        for (std::size_t i = 0; i < prompts.size(); ++i) {
-          std::vector<TokenId> all = prompts[i].layout.tokens;
-          all.insert(all.end(), full_answer[i].begin(), full_answer[i].end());
+        const int blocks = (model->config().max_context + base.block_size - 1) / base.block_size;
+        scorer.emplace(BackendMaker<AnyBackend>::make(provider, model, blocks, base.block_size));
+        AnyReusePolicy none = make_reuse_policy("prefix");
+        ChunkStore empty(ChunkStore::Config{});
+        for (std::size_t i = 0; i < prompts.size(); ++i)
           full_logits.push_back(
-              prompt_logits(model, all, base.block_size, provider, nullptr, 0, prompts[i].layout.size() - 1));
-        }
+              reuse_logits(*scorer, model->config(), prompts[i].layout, none, empty, full_answer[i]).logits);
       }
       const double full_ttft = median(reference.ttft);
       report.push_back({{"chunks", k},
@@ -318,8 +322,8 @@ int cmd_eval_reuse(const std::vector<std::string>& argv) {
           AnyReusePolicy planner = make_reuse_policy(policy, policy == "full" ? std::nullopt : ratio);
           double top1 = 0, kl = 0, rows = 0;
           for (std::size_t i = 0; i < prompts.size(); ++i) {
-            const ReuseLogits got = reuse_logits(model, prompts[i].layout, planner, *store, full_answer[i],
-                                                 base.block_size, provider);
+            const ReuseLogits got =
+                reuse_logits(*scorer, model->config(), prompts[i].layout, planner, *store, full_answer[i]);
             const LogitsAgreement a = compare_logits(full_logits[i], got.logits, model->config().vocab);
             const double n = static_cast<double>(full_answer[i].size() + 1);
             top1 += a.top1 * n, kl += a.mean_kl * n, rows += n;

@@ -1,5 +1,6 @@
 #include "chunkwise/sched/reuse_logits.hpp"
 
+#include <algorithm>
 #include <numeric>
 #include <string>
 
@@ -35,15 +36,28 @@ ReuseLogits reuse_logits(std::shared_ptr<const Model> model, const PromptLayout&
                          AnyReusePolicy& policy, ChunkStore& store, std::span<const TokenId> continuation,
                          int block_size, const BackendProvider* provider) {
   check(model != nullptr, ErrorCode::kInvalidArgument, "reuse_logits: no model");
+  check(block_size > 0, ErrorCode::kInvalidArgument, "reuse_logits: block_size must be > 0");
+  const long long total =
+      static_cast<long long>(layout.tokens.size()) + static_cast<long long>(continuation.size());
+  check(total <= model->config().max_context, ErrorCode::kContextOverflow,
+        std::to_string(total) + " tokens exceed the model's context of " +
+            std::to_string(model->config().max_context));
+  AnyBackend backend = BackendMaker<AnyBackend>::make(
+      provider, model, static_cast<int>(std::max(1LL, (total + block_size - 1) / block_size)), block_size);
+  return reuse_logits(backend, model->config(), layout, policy, store, continuation);
+}
+
+ReuseLogits reuse_logits(AnyBackend& backend, const ModelConfig& c, const PromptLayout& layout,
+                         AnyReusePolicy& policy, ChunkStore& store, std::span<const TokenId> continuation) {
   layout.validate();
   const std::int32_t n = layout.size();
   check(n > 0, ErrorCode::kInvalidArgument, "reuse_logits: empty prompt");
-  const ModelConfig& c = model->config();
   const long long total = static_cast<long long>(n) + static_cast<long long>(continuation.size());
   check(total <= c.max_context, ErrorCode::kContextOverflow,
         std::to_string(total) + " tokens exceed the model's context of " + std::to_string(c.max_context));
-  AnyBackend backend = BackendMaker<AnyBackend>::make(
-      provider, model, static_cast<int>((total + block_size - 1) / block_size), block_size);
+  const int block_size = backend.block_size();
+  check(total <= static_cast<long long>(backend.num_blocks()) * block_size, ErrorCode::kKvExhausted,
+        "reuse_logits: the backend's KV pool holds fewer than " + std::to_string(total) + " tokens");
   check(backend.supports_chunk_kv(), ErrorCode::kUnsupported,
         "reuse_logits: the backend cannot move chunk KV");
 

@@ -32,6 +32,7 @@
 #include <limits>
 #include <numeric>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace chunkwise {
@@ -127,6 +128,21 @@ inline std::vector<std::int32_t> select_recompute_rows(const SelectiveRecompute&
     for (std::int32_t j = a.begin; j < a.end; ++j) rows.push_back(j);
   std::sort(rows.begin(), rows.end());
   return rows;
+}
+
+// For backends: r.report from the check layer's deviation (one entry per batch row) and the rows
+// select_recompute_rows() chose.
+inline void fill_recompute_report(const SelectiveRecompute& r, std::vector<float> deviation,
+                                  const std::vector<std::int32_t>& rows) {
+  SelectiveRecomputeReport& out = *r.report;
+  out.rows = rows;
+  out.chunk_deviation.clear();
+  for (const auto& c : r.chunks) {
+    double sum = 0.0;
+    for (std::int32_t j = c.begin; j < c.end; ++j) sum += deviation[static_cast<std::size_t>(j)];
+    out.chunk_deviation.push_back(static_cast<float>(sum / (c.end - c.begin)));
+  }
+  out.row_deviation = std::move(deviation);
 }
 
 }  // namespace chunkwise

@@ -33,4 +33,9 @@ ReuseLogits reuse_logits(std::shared_ptr<const Model> model, const PromptLayout&
                          AnyReusePolicy& policy, ChunkStore& store, std::span<const TokenId> continuation,
                          int block_size = 16, const BackendProvider* provider = nullptr);
 
+// The same on a backend made once for many prompts (its KV blocks are reused: every slot read is
+// written first). It must hold the prompt and the continuation (kKvExhausted otherwise).
+ReuseLogits reuse_logits(AnyBackend& backend, const ModelConfig& config, const PromptLayout& layout,
+                         AnyReusePolicy& policy, ChunkStore& store, std::span<const TokenId> continuation);
+
 }  // namespace chunkwise

@@ -84,19 +84,6 @@ std::vector<float> key_deviation(const SelectiveRecompute& r, const float* k_new
   return d;
 }
 
-void fill_report(const SelectiveRecompute& r, std::vector<float> deviation,
-                 const std::vector<std::int32_t>& rows) {
-  SelectiveRecomputeReport& out = *r.report;
-  out.rows = rows;
-  out.chunk_deviation.clear();
-  for (const auto& c : r.chunks) {
-    double sum = 0.0;
-    for (std::int32_t j = c.begin; j < c.end; ++j) sum += deviation[static_cast<std::size_t>(j)];
-    out.chunk_deviation.push_back(static_cast<float>(sum / (c.end - c.begin)));
-  }
-  out.row_deviation = std::move(deviation);
-}
-
 // The metadata of the rows a selective recompute carries past its check layer.
 struct NarrowedRows {
   std::vector<std::int32_t> positions;
@@ -321,7 +308,7 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
     if (check_layer) {
       std::vector<float> deviation = key_deviation(*recompute, k_.data(), cache.k, slots, KV);
       keep = select_recompute_rows(*recompute, deviation);
-      if (recompute->report != nullptr) fill_report(*recompute, std::move(deviation), keep);
+      if (recompute->report != nullptr) fill_recompute_report(*recompute, std::move(deviation), keep);
     }
     cpu::write_kv(cache, k_.data(), v_.data(), slots.data(), T);
     if (b.sparse == nullptr) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 
@@ -13,6 +14,7 @@
 #include "chunkwise/backend/forward_batch.hpp"
 #include "chunkwise/core/sampling.hpp"
 #include "chunkwise/cuda/dtype.hpp"
+#include "chunkwise/kv/chunk_store.hpp"
 #include "chunkwise/model/model.hpp"
 
 namespace chunkwise::cuda {
@@ -36,6 +38,9 @@ class CudaBackend {
   // stock policies) has its masks built on the GPU inside the step (SparseIndexBuilder) and
   // reported through record(); any other is probed (its q and keys copied to the host as fp32, one
   // synchronisation per layer) and asked with select(). Without a selector the step is unchanged.
+  // With batch.recompute, as CpuBackend: the check layer's key deviations come to the host (one
+  // synchronisation), the rows are chosen there (select_recompute_rows) and the later layers run on
+  // those rows only; the report, when set, is filled.
   void forward(const ForwardBatch& batch, std::span<float> logits);
   // forward() and one token per logits row sampled on the device, exactly as chunkwise::sample()
   // draws it: only token ids come back to the host.
@@ -54,6 +59,32 @@ class CudaBackend {
   void copy_block(BlockId src, BlockId dst);
   void save_block(BlockId src, std::span<std::byte> dst) const;
   void load_block(BlockId dst, std::span<const std::byte> src);
+
+  // Chunk reuse, as CpuBackend's: write_chunk_kv places a stored chunk (fp32, host) at positions
+  // [position, position + n_tokens) of a sequence, every layer's K and V to slots, keys rotated by
+  // position - kv.position0. The fp32 KV is uploaded and rotated on the device (angles in double,
+  // as rotate_keys), because rotating a long chunk on the host would dominate the time to first
+  // token. Returns once kv's memory is no longer read. read_chunk_kv is the reverse, without
+  // rotation, widened to fp32 on the host. Both throw Error(kInvalidArgument) as
+  // check_chunk_placement.
+  void write_chunk_kv(const ChunkKv& kv, std::int32_t position, std::span<const std::int64_t> slots);
+  [[nodiscard]] ChunkKv read_chunk_kv(std::span<const TokenId> tokens, std::int32_t position0,
+                                      std::span<const std::int64_t> slots) const;
+
+  // The device tier of chunk KV (in front of a ChunkStore's host tier): entries in the cache's
+  // dtype, unrotated (at their position0), keyed by ChunkKey and evicted least recently used, so
+  // that a hot chunk is placed device to device instead of crossing the host link again. Capacity
+  // 0 (the default) keeps nothing; shrinking evicts. keep_chunk_kv uploads kv (replacing what the
+  // key held; an entry larger than the capacity is not kept). write_kept_chunk_kv places a kept
+  // entry like write_chunk_kv, asynchronously on the stream, and marks it used; false on a miss.
+  // It throws Error(kInvalidArgument) unless slots has one slot in the pool per kept token and
+  // position >= 0.
+  void set_chunk_tier_capacity(std::size_t bytes);
+  void keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv);
+  [[nodiscard]] bool write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
+                                         std::span<const std::int64_t> slots);
+  [[nodiscard]] std::size_t chunk_tier_bytes() const;
+  [[nodiscard]] std::size_t chunk_tier_entries() const;
 
   struct Impl;
 

@@ -63,11 +63,40 @@ void rope_write_kv(const float* qkv, std::int64_t rows, int n_heads, int n_kv_he
 template <class T>
 void swiglu(const float* gate_up, std::int64_t rows, std::int64_t ffn, T* out, cudaStream_t stream);
 
-// out[i, :] = x[rows[i], :] for the n rows whose logits are wanted; x and out have dim columns.
-// The row indices must be valid rows of x (a negative one writes zeros).
+// out[i, :] = x[rows[i], :] for the n rows whose logits are wanted (T: bf16, f16), or the rows a
+// selective recompute keeps (T: float); x and out have dim columns. The row indices must be valid
+// rows of x (a negative one writes zeros).
 template <class T>
 void gather_rows(const T* x, std::int64_t dim, const std::int32_t* rows, std::int64_t n, T* out,
                  cudaStream_t stream);
+
+// ---- chunk reuse ------------------------------------------------------------------------------
+
+// deviation[r] = sum over the kv_dim elements of (k_r - k_cache[slots[r]])^2 (summed in double):
+// k_r the K part of qkv row r after RoPE at positions[r], rotated exactly as rope_write_kv() does,
+// compared with what the cache holds at the row's slot before rope_write_kv() overwrites it (a
+// selective recompute's check layer). Arguments as rope_write_kv(); a negative slot gives 0.
+template <class T>
+void key_deviation(const float* qkv, std::int64_t rows, int n_heads, int n_kv_heads, int head_dim,
+                   const std::int32_t* positions, const float* inv_freq, const std::int64_t* slots,
+                   const T* k_cache, float* deviation, cudaStream_t stream);
+
+// Chunk KV in ChunkKv's layout: `layers` layers of K [n_tokens, kv_dim] then V [n_tokens, kv_dim].
+// The cache side is CudaBackend's: layer l's K cache at cache + 2 * l * layer_elems, its V cache at
+// cache + (2 * l + 1) * layer_elems, token i at slot slots[i] (every slot valid; not checked).
+//
+// place_chunk_kv writes src (S: float, or T itself) into the cache, keys rotated by a fixed angle
+// per pair: rotation [head_dim] doubles, cos then sin of delta * inv_freq[i] for i < head_dim / 2
+// (rotate-half pairs, as chunkwise::rotate_keys), applied in double before one rounding to fp32 and
+// one to T; null copies the keys unrotated. Values are copied (rounded to T when S is float).
+template <class S, class T>
+void place_chunk_kv(const S* src, int layers, std::int64_t n_tokens, int n_kv_heads, int head_dim,
+                    const double* rotation, const std::int64_t* slots, T* cache, std::int64_t layer_elems,
+                    cudaStream_t stream);
+// gather_chunk_kv is the reverse, without rotation: the cache's K and V at slots, widened to fp32.
+template <class T>
+void gather_chunk_kv(const T* cache, int layers, std::int64_t layer_elems, std::int64_t n_tokens, int kv_dim,
+                     const std::int64_t* slots, float* out, cudaStream_t stream);
 
 // out[p, :] = the cache row of token p as fp32, for p in [0, n_tokens): one layer's K (or V) cache
 // [num_blocks, block_size, n_kv_heads, head_dim] T read through a page table, token p at block
