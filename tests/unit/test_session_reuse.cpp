@@ -6,11 +6,13 @@
 #include <cstdint>
 #include <fstream>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "catch.hpp"
+#include "chunkwise/backend/cpu/cpu_backend.hpp"
 #include "chunkwise/backend/prompt_logits.hpp"
 #include "chunkwise/kv/chunk_store.hpp"
 #include "chunkwise/policy/reuse/any_reuse_policy.hpp"
@@ -308,4 +310,35 @@ TEST_CASE("reuse_logits follows the session's path: ratio 1 is the full prefill,
 
   AnyReusePolicy prefix = make_reuse_policy("prefix");
   CHECK(test::max_abs_diff(reuse_logits(model(), layout, prefix, *store, answer, 4).logits, want) < 1e-4);
+}
+
+TEST_CASE("chunks are stored as prefilled after the chunk context", "[reuse][session]") {
+  const Rag rag;
+  auto store = host_store();
+  SessionConfig cfg = config(store);
+  cfg.chunk_context = {5, 6, 7};
+  Session<BlendReuse> s(model(), cfg, StallFreeBatching(), LruEviction(), DenseAttention(), exact_blend());
+  run_one(s, rag.request(/*with_b=*/false));
+  const auto kv = store->get(store->key_for(rag.a), rag.a);
+  REQUIRE(kv != nullptr);
+  CHECK(kv->position0 == 3);
+  // The KV of a's rows as a prefill of [5 6 7 a...] computes them.
+  std::vector<TokenId> context_then_a = {5, 6, 7};
+  context_then_a.insert(context_then_a.end(), rag.a.begin(), rag.a.end());
+  CpuBackend cpu(model(), 16, 4);
+  ForwardBatch b;
+  b.tokens = context_then_a;
+  for (int p = 0; p < static_cast<int>(context_then_a.size()); ++p) {
+    b.positions.push_back(p);
+    b.slots.push_back(p);
+  }
+  b.query_start = {0, static_cast<std::int32_t>(context_then_a.size())};
+  b.pages = {0, 1, 2, 3, 4, 5, 6, 7};
+  b.page_start = {0, 8};
+  b.kv_len = {static_cast<std::int32_t>(context_then_a.size())};
+  cpu.forward(b, {});
+  std::vector<std::int64_t> slots(rag.a.size());
+  std::iota(slots.begin(), slots.end(), 3);
+  const ChunkKv want = cpu.read_chunk_kv(rag.a, 3, slots);
+  CHECK(kv->data == want.data);
 }

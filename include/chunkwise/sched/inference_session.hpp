@@ -435,8 +435,9 @@ class InferenceSession {
     }
   }
 
-  // Prefills every chunk segment of s that the store lacks on its own, from position 0, in blocks
-  // borrowed for the step (a chunk that finds none is skipped), and stores its KV.
+  // Prefills every chunk segment of s that the store lacks on its own, after the chunk context
+  // (SessionConfig::chunk_context), in blocks borrowed for the step (a chunk that finds none is
+  // skipped), and stores its rows' KV.
   void fill_chunk_store(const detail::Sequence& s) {
     if constexpr (ChunkKvBackend<BackendT>) {
       ChunkStore& store = *config_.chunk_store;
@@ -452,6 +453,10 @@ class InferenceSession {
       fb.page_start.push_back(0);
       const double t = now();
       const int bs = config_.block_size;
+      std::vector<TokenId> context = config_.chunk_context;
+      if (context.empty() && model_->has_tokenizer() && model_->tokenizer().bos() >= 0)
+        context.push_back(model_->tokenizer().bos());
+      const auto n_context = static_cast<int>(context.size());
       for (std::size_t i = 0; i < s.layout.num_segments(); ++i) {
         const PromptSegment seg = s.layout.segment(i);
         if (seg.kind != SegmentKind::kChunk) continue;
@@ -461,15 +466,17 @@ class InferenceSession {
             std::any_of(pending.begin(), pending.end(), [&](const Pending& p) { return p.key == key; });
         if (listed || store.contains(key)) continue;
         const RequestId id = next_id_++;
+        const int n = n_context + seg.size();
         kv_.open(id, {}, {}, 0, t);
-        if (kv_.reserve(id, 0, seg.size(), t)) {
+        if (kv_.reserve(id, 0, n, t)) {
           kv_.close(id, t);
           continue;
         }
-        pending.push_back({id, key, tokens, static_cast<std::int32_t>(fb.tokens.size())});
+        pending.push_back({id, key, tokens, static_cast<std::int32_t>(fb.tokens.size()) + n_context});
         const std::span<const BlockId> blocks = kv_.blocks(id);
-        for (int p = 0; p < seg.size(); ++p) {
-          fb.tokens.push_back(tokens[static_cast<std::size_t>(p)]);
+        for (int p = 0; p < n; ++p) {
+          fb.tokens.push_back(p < n_context ? context[static_cast<std::size_t>(p)]
+                                            : tokens[static_cast<std::size_t>(p - n_context)]);
           fb.positions.push_back(p);
           fb.slots.push_back(static_cast<std::int64_t>(blocks[static_cast<std::size_t>(p / bs)]) * bs +
                              p % bs);
@@ -477,14 +484,14 @@ class InferenceSession {
         fb.pages.insert(fb.pages.end(), blocks.begin(), blocks.end());
         fb.query_start.push_back(static_cast<std::int32_t>(fb.tokens.size()));
         fb.page_start.push_back(static_cast<std::int32_t>(fb.pages.size()));
-        fb.kv_len.push_back(seg.size());
+        fb.kv_len.push_back(n);
       }
       if (pending.empty()) return;
       backend_.forward(fb, {});
       for (const Pending& p : pending) {
         const auto slots = std::span<const std::int64_t>(fb.slots).subspan(
             static_cast<std::size_t>(p.first_row), p.tokens.size());
-        ChunkKv kv = backend_.read_chunk_kv(p.tokens, 0, slots);
+        ChunkKv kv = backend_.read_chunk_kv(p.tokens, n_context, slots);
         kv_.close(p.id, t);
         if (kv.bytes() > store.config().host_capacity_bytes) continue;  // the store cannot hold it
         if constexpr (ChunkTierBackend<BackendT>) backend_.keep_chunk_kv(p.key, kv);

@@ -3,6 +3,9 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <vector>
+
+#include "chunkwise/core/types.hpp"
 
 namespace chunkwise {
 
@@ -36,6 +39,12 @@ struct SessionConfig {
   // offline step, done online), so the next prompt holding it can reuse it. Off: only chunks put
   // into the store beforehand are reused.
   bool fill_chunk_store = true;
+  // What a chunk is prefilled after when it is stored (CacheBlend prefixes the model's
+  // instruction-start tokens): these become the attention sink, as the prompt's first token is in
+  // context; without them the chunk's own first token would be, and its KV would deviate more.
+  // Empty: the tokenizer's BOS when the model has one. Changing it changes what stored KV means:
+  // give a persistent store another salt.
+  std::vector<TokenId> chunk_context;
   // The backend's device tier of chunk KV in front of the store (ChunkTierBackend); 0 = none.
   std::size_t chunk_device_mb = 0;
 };
