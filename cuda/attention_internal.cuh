@@ -71,14 +71,14 @@ struct KernelArgs {
   const std::int32_t* page_start;
   const std::int32_t* pages;
   const std::int32_t* q_pos;
-  float* part_o;    // [slot][n_heads][head_dim]
-  float* part_lse;  // [slot][n_heads], log2 domain
+  float* part_o;              // [slot][n_heads][head_dim]
+  float* part_lse;            // [slot][n_heads], log2 domain
   std::int64_t block_stride;  // elements
   int row_stride;             // n_kv_heads * head_dim: elements between tokens of a block
   int n_heads;
   int group;  // q heads per kv head
   int block_size;
-  int bs_shift;  // log2(block_size) when a power of two, else -1
+  int bs_shift;      // log2(block_size) when a power of two, else -1
   float scale_log2;  // softmax scale * log2(e)
   // Mask (row_ptr == nullptr: dense).
   int mask_tile;
@@ -89,10 +89,19 @@ struct KernelArgs {
   const std::int32_t* column_idx;
 };
 
-// Launchers (attention_prefill.cu, attention_decode.cu). head_dim is 64 or 128, tile_rows 64 or 128.
+// Launchers (attention_prefill.cu, attention_prefill_sm90.cu, attention_decode.cu). head_dim is 64
+// or 128, tile_rows 64 or 128.
 template <class T>
 void launch_prefill(const KernelArgs<T>& a, const PrefillItem* items, int n_items, int head_dim,
                     int tile_rows, cudaStream_t stream);
+// The Hopper prefill kernel (128-row tiles, 128-key steps; a mask's tile must be 128): available
+// when this build holds sm_90a code and the current device is compute capability 9.0.
+bool wgmma_prefill_available();
+template <class T>
+void launch_prefill_wgmma(const KernelArgs<T>& a, const PrefillItem* items, int n_items, int head_dim,
+                          cudaStream_t stream);
+// Raises the kernel's shared memory limit on the current device.
+void prepare_prefill_wgmma(int head_dim);
 template <class T>
 void launch_decode(const KernelArgs<T>& a, const DecodeItem* items, int n_items, int n_kv_heads,
                    int head_groups, int head_dim, cudaStream_t stream);
@@ -119,7 +128,9 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(n)
                : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
@@ -189,11 +200,69 @@ __device__ __forceinline__ std::int64_t kv_offset(const KernelArgs<T>& a, const 
 
 constexpr float kNegInf = -__builtin_huge_valf();
 
+// The key steps of one prefill work item for one q head: dense (keys [kv_begin, kv_end) in steps of
+// BN), or its block-sparse mask row (the kept tiles, mask_tile / BN steps each, tiles past the last
+// query dropped, then the gathered columns in chunks of BN).
+template <int BN>
+struct PrefillSteps {
+  bool sparse = false;
+  int n_steps = 0;
+  int n_tile_steps = 0, tile_begin = 0, col_begin = 0, col_end = 0, steps_per_tile = 1;
+  int kv_begin = 0, mask_tile = 0;
+  const std::int32_t* col_idx = nullptr;
+
+  template <class T>
+  __device__ PrefillSteps(const KernelArgs<T>& a, const PrefillItem& it, int h)
+      : kv_begin(it.kv_begin), mask_tile(a.mask_tile), col_idx(a.col_idx) {
+    if (a.row_ptr != nullptr) {
+      const int rs = __ldg(a.seq_row_start + it.seq);
+      const int re = __ldg(a.seq_row_start + it.seq + 1);
+      if (re > rs) {
+        sparse = true;
+        const int mrow = rs + h * it.n_qtiles + it.qtile_local;
+        steps_per_tile = mask_tile / BN;
+        tile_begin = __ldg(a.row_ptr + mrow);
+        int tile_end = __ldg(a.row_ptr + mrow + 1);
+        // Tiles past the last query are dropped (the list is sorted: they are at the end).
+        while (tile_end > tile_begin && __ldg(col_idx + tile_end - 1) * mask_tile > it.max_pos) --tile_end;
+        if (tile_end > tile_begin) {
+          const int last = __ldg(col_idx + tile_end - 1);
+          const int last_steps = min(steps_per_tile, (it.max_pos + 1 - last * mask_tile + BN - 1) / BN);
+          n_tile_steps = (tile_end - tile_begin - 1) * steps_per_tile + last_steps;
+        }
+        if (a.column_ptr != nullptr) {
+          col_begin = __ldg(a.column_ptr + mrow);
+          col_end = max(col_begin, __ldg(a.column_ptr + mrow + 1));
+        }
+        n_steps = n_tile_steps + (col_end - col_begin + BN - 1) / BN;
+      }
+    }
+    if (!sparse) n_steps = (it.kv_end - it.kv_begin + BN - 1) / BN;
+  }
+
+  // Step j: the contiguous keys [j0, j0 + BN) when gather < 0, else the positions
+  // column_idx[gather .. gather + count).
+  __device__ void step(int j, int& j0, int& gather, int& count) const {
+    count = 0;
+    gather = -1;
+    if (!sparse) {
+      j0 = kv_begin + j * BN;
+    } else if (j < n_tile_steps) {
+      const int q = j / steps_per_tile;
+      j0 = __ldg(col_idx + tile_begin + q) * mask_tile + (j - q * steps_per_tile) * BN;
+    } else {
+      j0 = 0;
+      gather = col_begin + (j - n_tile_steps) * BN;
+      count = min(BN, col_end - gather);
+    }
+  }
+};
+
 // Online softmax for a warp's 16 rows over NS n-tiles of scores (thread: rows g and g+8), then
 // rescaling of the NO n-tiles of O. m in raw score units, l a per-thread partial sum.
 template <int NS, int NO>
-__device__ __forceinline__ void softmax_update(float (&s)[NS][4], float (&o)[NO][4], float (&m)[2], float (&l)[2],
-                                               float sl2) {
+__device__ __forceinline__ void softmax_update(float (&s)[NS][4], float (&o)[NO][4], float (&m)[2],
+                                               float (&l)[2], float sl2) {
   float mx[2] = {kNegInf, kNegInf};
 #pragma unroll
   for (int n = 0; n < NS; ++n) {
@@ -228,6 +297,41 @@ __device__ __forceinline__ void softmax_update(float (&s)[NS][4], float (&o)[NO]
     o[n][1] *= corr[0];
     o[n][2] *= corr[1];
     o[n][3] *= corr[1];
+  }
+}
+
+// The end of a warp's rows (thread: rows r_lo and r_lo + 8, columns t4 * 2 + {0, 1} of each of
+// the NO 8-wide tiles of O): the softmax sums over the quad, and the factors that normalise O.
+__device__ __forceinline__ void finish_rows(float (&l)[2], float (&inv)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    inv[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+  }
+}
+
+// A KV split's result for those rows (of query tile it, q head h): normalised fp32 O and the
+// log2-sum-exp, in the partial slots the merge kernel reads.
+template <class T, int NO>
+__device__ __forceinline__ void write_partial_rows(const KernelArgs<T>& a, const PrefillItem& it, int h,
+                                                   int r_lo, const float (&o)[NO][4], const float (&m)[2],
+                                                   const float (&l)[2], const float (&inv)[2], int t4) {
+  constexpr int D = NO * 8;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = r_lo + 8 * r;
+    if (row >= it.n_rows) continue;
+    const std::int64_t slot =
+        static_cast<std::int64_t>(it.partial_base) + static_cast<std::int64_t>(row) * it.partial_stride;
+    float* po = a.part_o + (slot * a.n_heads + h) * D;
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+      *reinterpret_cast<float2*>(po + n * 8 + t4 * 2) =
+          make_float2(o[n][2 * r] * inv[r], o[n][2 * r + 1] * inv[r]);
+    }
+    if (t4 == 0)
+      a.part_lse[slot * a.n_heads + h] = l[r] > 0.0f ? m[r] * a.scale_log2 + __log2f(l[r]) : kNegInf;
   }
 }
 

@@ -20,9 +20,13 @@ using attn::PrefillItem;
 
 namespace {
 
-[[noreturn]] void invalid(const std::string& what) { throw Error(ErrorCode::kInvalidArgument, "PagedAttention: " + what); }
+[[noreturn]] void invalid(const std::string& what) {
+  throw Error(ErrorCode::kInvalidArgument, "PagedAttention: " + what);
+}
 
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) {
+  return (a + b - 1) / b;
+}
 
 // Host memory the work list is staged in before its async upload (pinned, so the copy does not
 // synchronise the stream). Two of them alternate; one is rewritten only after its copy is done.
@@ -67,8 +71,8 @@ std::int64_t choose_split_len(const std::vector<std::int64_t>& lens, std::int64_
   std::int64_t max_len = 0;
   for (const std::int64_t l : lens) max_len = std::max(max_len, l);
   if (max_len <= 0) return 1;
-  constexpr std::int64_t kOverhead = 128;       // keys' worth of fixed cost per CTA
-  constexpr std::int64_t kMergePenalty = 128;   // keys' worth of the extra merge launch
+  constexpr std::int64_t kOverhead = 128;      // keys' worth of fixed cost per CTA
+  constexpr std::int64_t kMergePenalty = 128;  // keys' worth of the extra merge launch
   std::int64_t best_len = max_len;
   double best_cost = std::numeric_limits<double>::infinity();
   for (int n = 1; n <= max_splits; ++n) {
@@ -99,6 +103,7 @@ struct PagedAttention::Impl {
   int n_heads = 0, n_kv_heads = 0, head_dim = 0, block_size = 0, sparse_tile = 0;
   int num_seqs = 0, rows = 0;
   int tile_rows = 64, head_groups = 1;
+  bool use_wgmma = false;  // the prefill tiles run the Hopper kernel
   int n_prefill = 0, n_decode = 0, n_merge = 0;
   std::size_t n_partials = 0;
   AttentionPlanStats stats;
@@ -116,6 +121,7 @@ struct PagedAttention::Impl {
   int num_sms = 1;
   int occ_prefill[2][2] = {{1, 1}, {1, 1}};  // [d64, d128][64 rows, 128 rows]
   int occ_decode[2] = {1, 1};
+  bool wgmma = false;  // the Hopper prefill kernel runs on this device
 
   std::vector<PrefillItem> prefill;
   std::vector<DecodeItem> decode;
@@ -125,12 +131,18 @@ struct PagedAttention::Impl {
     int dev = 0;
     check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
     if (dev == device) return;
-    check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev),
+               "cudaDeviceGetAttribute");
     for (int d = 0; d < 2; ++d) {
       const int hd = d == 0 ? 64 : 128;
       occ_prefill[d][0] = attn::prepare_prefill(hd, 64);
       occ_prefill[d][1] = attn::prepare_prefill(hd, 128);
       occ_decode[d] = attn::prepare_decode(hd);
+    }
+    wgmma = attn::wgmma_prefill_available();
+    if (wgmma) {
+      attn::prepare_prefill_wgmma(64);
+      attn::prepare_prefill_wgmma(128);
     }
     device = dev;
   }
@@ -148,20 +160,22 @@ struct PagedAttention::Impl {
     if (qs.size == 0) invalid("query_start is empty");
     const std::size_t n_seq = qs.size - 1;
     if (!(ps.size == n_seq + 1 && kvl.size == n_seq))
-      invalid("query_start has " + std::to_string(qs.size) + " entries, page_start " + std::to_string(ps.size) +
-              " and kv_len " + std::to_string(kvl.size) + "; expected n_seq + 1, n_seq + 1 and n_seq");
+      invalid("query_start has " + std::to_string(qs.size) + " entries, page_start " +
+              std::to_string(ps.size) + " and kv_len " + std::to_string(kvl.size) +
+              "; expected n_seq + 1, n_seq + 1 and n_seq");
     if (!(qs[0] == 0 && ps[0] == 0)) invalid("query_start and page_start must start at 0");
     for (std::size_t s = 0; s < n_seq; ++s) {
       if (!(qs[s + 1] >= qs[s] && ps[s + 1] >= ps[s]))
         invalid("query_start and page_start must be non-decreasing");
     }
     if (static_cast<std::size_t>(qs[n_seq]) != pos.size)
-      invalid("q_pos has " + std::to_string(pos.size) + " entries, query_start says " + std::to_string(qs[n_seq]));
+      invalid("q_pos has " + std::to_string(pos.size) + " entries, query_start says " +
+              std::to_string(qs[n_seq]));
     for (std::size_t s = 0; s < n_seq; ++s) {
       const std::int64_t capacity = static_cast<std::int64_t>(ps[s + 1] - ps[s]) * block_size;
       if (!(kvl[s] >= 0 && kvl[s] <= capacity))
-        invalid("sequence " + std::to_string(s) + " has kv_len " + std::to_string(kvl[s]) + " but its pages hold " +
-                std::to_string(capacity) + " tokens");
+        invalid("sequence " + std::to_string(s) + " has kv_len " + std::to_string(kvl[s]) +
+                " but its pages hold " + std::to_string(capacity) + " tokens");
       for (std::int32_t r = qs[s]; r < qs[s + 1]; ++r) {
         const std::int32_t p = pos[static_cast<std::size_t>(r)];
         if (!(p >= 0 && p < kvl[s]))
@@ -182,6 +196,8 @@ struct PagedAttention::Impl {
       tile_rows = sparse_tile;
     } else if (options.tile_rows == 64 || options.tile_rows == 128) {
       tile_rows = options.tile_rows;
+    } else if (wgmma && !options.portable_prefill) {
+      tile_rows = 128;  // the Hopper kernel's tile: at half a tile it still beats the sm_80 kernel
     } else {
       std::int64_t tiles64 = 0, tiles128 = 0;
       for (int s = 0; s < num_seqs; ++s) {
@@ -194,6 +210,7 @@ struct PagedAttention::Impl {
       tile_rows = (fills && tiles128 * 128 * 4 <= tiles64 * 64 * 5) ? 128 : 64;
     }
     const int bm = tile_rows;
+    use_wgmma = wgmma && !options.portable_prefill && bm == 128;
     auto add_tile = [&](int s, int r0, int n, int qtile_local, int n_qtiles) {
       PrefillItem it{};
       it.seq = s;
@@ -241,7 +258,8 @@ struct PagedAttention::Impl {
       if (options.prefill_split_keys > 0) {
         split_len = ceil_div(options.prefill_split_keys, attn::kKeyTile) * attn::kKeyTile;
       } else {
-        const std::int64_t slots = static_cast<std::int64_t>(num_sms) * occ_prefill[d_idx][bm == 128 ? 1 : 0];
+        const std::int64_t slots =
+            static_cast<std::int64_t>(num_sms) * (use_wgmma ? 1 : occ_prefill[d_idx][bm == 128 ? 1 : 0]);
         if (static_cast<std::int64_t>(prefill.size()) * n_heads < slots) {
           std::vector<std::int64_t> lens;
           lens.reserve(prefill.size());
@@ -268,7 +286,8 @@ struct PagedAttention::Impl {
           p.partial_stride = n_split;
           split.push_back(p);
         }
-        for (int i = 0; i < it.n_rows; ++i) merge.push_back({it.row_begin + i, base + i * n_split, n_split, 0});
+        for (int i = 0; i < it.n_rows; ++i)
+          merge.push_back({it.row_begin + i, base + i * n_split, n_split, 0});
         stats.prefill_splits = std::max(stats.prefill_splits, n_split);
       }
       prefill = std::move(split);
@@ -308,23 +327,31 @@ struct PagedAttention::Impl {
         continue;
       }
       // Equal splits, multiples of a stage.
-      const std::int64_t each = ceil_div(ceil_div(len, n_split), attn::kDecodeStageKeys) * attn::kDecodeStageKeys;
+      const std::int64_t each =
+          ceil_div(ceil_div(len, n_split), attn::kDecodeStageKeys) * attn::kDecodeStageKeys;
       const auto base = static_cast<std::int32_t>(n_partials);
       int k = 0;
       for (std::int64_t b = 0; b < len; b += each, ++k) {
-        decode.push_back({row, seq, static_cast<std::int32_t>(b), static_cast<std::int32_t>(std::min(len, b + each)),
-                          base + k, {0, 0, 0}});
+        decode.push_back({row,
+                          seq,
+                          static_cast<std::int32_t>(b),
+                          static_cast<std::int32_t>(std::min(len, b + each)),
+                          base + k,
+                          {0, 0, 0}});
       }
       n_partials += static_cast<std::size_t>(k);
       merge.push_back({row, base, k, 0});
       stats.decode_splits = std::max(stats.decode_splits, k);
     }
     std::stable_sort(decode.begin() + static_cast<std::ptrdiff_t>(first), decode.end(),
-                     [](const DecodeItem& x, const DecodeItem& y) { return x.kv_end - x.kv_begin > y.kv_end - y.kv_begin; });
+                     [](const DecodeItem& x, const DecodeItem& y) {
+                       return x.kv_end - x.kv_begin > y.kv_end - y.kv_begin;
+                     });
   }
 
   void upload(cudaStream_t stream) {
-    constexpr std::size_t kP = sizeof(PrefillItem) / 4, kD = sizeof(DecodeItem) / 4, kM = sizeof(MergeItem) / 4;
+    constexpr std::size_t kP = sizeof(PrefillItem) / 4, kD = sizeof(DecodeItem) / 4,
+                          kM = sizeof(MergeItem) / 4;
     off_decode = prefill.size() * kP;
     off_merge = off_decode + decode.size() * kD;
     const std::size_t total = off_merge + merge.size() * kM;
@@ -335,13 +362,15 @@ struct PagedAttention::Impl {
     if (!prefill.empty()) std::memcpy(host, prefill.data(), prefill.size() * sizeof(PrefillItem));
     if (!decode.empty()) std::memcpy(host + off_decode, decode.data(), decode.size() * sizeof(DecodeItem));
     if (!merge.empty()) std::memcpy(host + off_merge, merge.data(), merge.size() * sizeof(MergeItem));
-    const bool grow = total > work.size() ||
-                      n_partials * static_cast<std::size_t>(n_heads) * static_cast<std::size_t>(head_dim) > part_o.size();
+    const bool grow =
+        total > work.size() ||
+        n_partials * static_cast<std::size_t>(n_heads) * static_cast<std::size_t>(head_dim) > part_o.size();
     // Kernels of earlier steps may still read the buffers a growth frees (rare: buffers only grow).
     if (grow) check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize(attention plan)");
     work.reserve(total);
-    check_cuda(cudaMemcpyAsync(work.get(), host, total * sizeof(std::int32_t), cudaMemcpyHostToDevice, stream),
-               "cudaMemcpyAsync(attention work list)");
+    check_cuda(
+        cudaMemcpyAsync(work.get(), host, total * sizeof(std::int32_t), cudaMemcpyHostToDevice, stream),
+        "cudaMemcpyAsync(attention work list)");
     check_cuda(cudaEventRecord(st.done, stream), "cudaEventRecord");
     st.pending = true;
     if (n_partials > 0) {
@@ -356,7 +385,9 @@ PagedAttention::~PagedAttention() = default;
 PagedAttention::PagedAttention(PagedAttention&&) noexcept = default;
 PagedAttention& PagedAttention::operator=(PagedAttention&&) noexcept = default;
 
-void PagedAttention::set_options(const AttentionPlanOptions& options) { impl_->options = options; }
+void PagedAttention::set_options(const AttentionPlanOptions& options) {
+  impl_->options = options;
+}
 
 void PagedAttention::plan(HostIndexSpan query_start, HostIndexSpan page_start, HostIndexSpan kv_len,
                           HostIndexSpan q_pos, int n_heads, int n_kv_heads, int head_dim, int block_size,
@@ -388,6 +419,7 @@ void PagedAttention::plan(HostIndexSpan query_start, HostIndexSpan page_start, H
   AttentionPlanStats& st = m.stats;
   st.prefill_items = m.n_prefill;
   st.prefill_tile_rows = m.n_prefill > 0 ? m.tile_rows : 0;
+  st.prefill_wgmma = m.n_prefill > 0 && m.use_wgmma;
   st.decode_items = m.n_decode;
   st.merge_rows = m.n_merge;
   st.launches = (m.n_prefill > 0 ? 1 : 0) + (m.n_decode > 0 ? 1 : 0) + (m.n_merge > 0 ? 1 : 0);
@@ -401,13 +433,14 @@ void PagedAttention::run(const T* q, const BasicPagedKvView<T>& kv, const Attent
   const Impl& m = *impl_;
   if (!m.planned) invalid("run() before a successful plan()");
   if (kv.head_dim != m.head_dim || kv.n_kv_heads != m.n_kv_heads || kv.block_size != m.block_size)
-    invalid("the cache (head_dim " + std::to_string(kv.head_dim) + ", n_kv_heads " + std::to_string(kv.n_kv_heads) +
-            ", block_size " + std::to_string(kv.block_size) + ") is not the planned one (" +
-            std::to_string(m.head_dim) + ", " + std::to_string(m.n_kv_heads) + ", " + std::to_string(m.block_size) +
-            ")");
+    invalid("the cache (head_dim " + std::to_string(kv.head_dim) + ", n_kv_heads " +
+            std::to_string(kv.n_kv_heads) + ", block_size " + std::to_string(kv.block_size) +
+            ") is not the planned one (" + std::to_string(m.head_dim) + ", " + std::to_string(m.n_kv_heads) +
+            ", " + std::to_string(m.block_size) + ")");
   if (batch.num_seqs != m.num_seqs || batch.rows != m.rows)
     invalid("the batch (" + std::to_string(batch.num_seqs) + " sequences, " + std::to_string(batch.rows) +
-            " rows) is not the planned one (" + std::to_string(m.num_seqs) + ", " + std::to_string(m.rows) + ")");
+            " rows) is not the planned one (" + std::to_string(m.num_seqs) + ", " + std::to_string(m.rows) +
+            ")");
   if (!(scale > 0.0f && std::isfinite(scale))) invalid("scale must be positive and finite");
   if (mask != nullptr) {
     if (m.sparse_tile == 0) invalid("a mask needs plan(..., sparse_tile)");
@@ -455,19 +488,25 @@ void PagedAttention::run(const T* q, const BasicPagedKvView<T>& kv, const Attent
   }
 
   const std::int32_t* work = m.work.get();
-  if (m.n_prefill > 0)
-    attn::launch_prefill(a, reinterpret_cast<const PrefillItem*>(work), m.n_prefill, m.head_dim, m.tile_rows, stream);
+  const auto* prefill_items = reinterpret_cast<const PrefillItem*>(work);
+  if (m.n_prefill > 0 && m.use_wgmma)
+    attn::launch_prefill_wgmma(a, prefill_items, m.n_prefill, m.head_dim, stream);
+  else if (m.n_prefill > 0)
+    attn::launch_prefill(a, prefill_items, m.n_prefill, m.head_dim, m.tile_rows, stream);
   if (m.n_decode > 0)
     attn::launch_decode(a, reinterpret_cast<const DecodeItem*>(work + m.off_decode), m.n_decode, m.n_kv_heads,
                         m.head_groups, m.head_dim, stream);
   if (m.n_merge > 0)
-    attn::launch_merge(a, reinterpret_cast<const MergeItem*>(work + m.off_merge), m.n_merge, m.head_dim, stream);
+    attn::launch_merge(a, reinterpret_cast<const MergeItem*>(work + m.off_merge), m.n_merge, m.head_dim,
+                       stream);
 }
 template void PagedAttention::run(const bf16*, const BasicPagedKvView<bf16>&, const AttentionBatchView&,
                                   const BlockSparseMaskView*, float, bf16*, cudaStream_t);
 template void PagedAttention::run(const f16*, const BasicPagedKvView<f16>&, const AttentionBatchView&,
                                   const BlockSparseMaskView*, float, f16*, cudaStream_t);
 
-const AttentionPlanStats& PagedAttention::stats() const { return impl_->stats; }
+const AttentionPlanStats& PagedAttention::stats() const {
+  return impl_->stats;
+}
 
 }  // namespace chunkwise::cuda

@@ -52,10 +52,10 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
   constexpr int kRowsPerPass = S::kRowsPerPass;
   constexpr int kKvPasses = kBN / kRowsPerPass;
   constexpr int kQPasses = BM / kRowsPerPass;
-  constexpr int kKSteps = D / 16;   // k-steps of Q K^T
-  constexpr int kSub = S::kSubKeys;   // keys per score block
+  constexpr int kKSteps = D / 16;    // k-steps of Q K^T
+  constexpr int kSub = S::kSubKeys;  // keys per score block
   constexpr int kSTiles = kSub / 8;  // n-tiles of S per warp
-  constexpr int kOTiles = D / 8;    // n-tiles of O per warp
+  constexpr int kOTiles = D / 8;     // n-tiles of O per warp
   constexpr bool kQInRegs = S::kQInRegs;
   static_assert(kBN % kRowsPerPass == 0 && BM % kRowsPerPass == 0, "tile shapes");
 
@@ -74,57 +74,14 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
   const std::int32_t* const seq_pages = a.pages + __ldg(a.page_start + it.seq);
   const float sl2 = a.scale_log2;
 
-  // ---- the step list: dense, or the mask row's tiles then its gathered columns
-  bool sparse = false;
-  int n_steps = 0, n_tile_steps = 0, tile_begin = 0, col_begin = 0, col_end = 0, steps_per_tile = 1;
-  if (a.row_ptr != nullptr) {
-    const int rs = __ldg(a.seq_row_start + it.seq);
-    const int re = __ldg(a.seq_row_start + it.seq + 1);
-    if (re > rs) {
-      sparse = true;
-      const int tile = a.mask_tile;
-      const int mrow = rs + h * it.n_qtiles + it.qtile_local;
-      steps_per_tile = tile / kBN;
-      tile_begin = __ldg(a.row_ptr + mrow);
-      int tile_end = __ldg(a.row_ptr + mrow + 1);
-      // Tiles past the last query are dropped (the list is sorted: they are at the end).
-      while (tile_end > tile_begin && __ldg(a.col_idx + tile_end - 1) * tile > it.max_pos) --tile_end;
-      if (tile_end > tile_begin) {
-        const int last = __ldg(a.col_idx + tile_end - 1);
-        const int last_steps = min(steps_per_tile, (it.max_pos + 1 - last * tile + kBN - 1) / kBN);
-        n_tile_steps = (tile_end - tile_begin - 1) * steps_per_tile + last_steps;
-      }
-      if (a.column_ptr != nullptr) {
-        col_begin = __ldg(a.column_ptr + mrow);
-        col_end = max(col_begin, __ldg(a.column_ptr + mrow + 1));
-      }
-      n_steps = n_tile_steps + (col_end - col_begin + kBN - 1) / kBN;
-    }
-  }
-  if (!sparse) n_steps = (it.kv_end - it.kv_begin + kBN - 1) / kBN;
-
-  // Step j: contiguous keys [j0, j0 + kBN) when gather < 0, else the positions
-  // column_idx[gather .. gather + count).
-  auto step_of = [&](int j, int& j0, int& gather, int& count) {
-    count = 0;
-    gather = -1;
-    if (!sparse) {
-      j0 = it.kv_begin + j * kBN;
-    } else if (j < n_tile_steps) {
-      const int q = j / steps_per_tile;
-      j0 = __ldg(a.col_idx + tile_begin + q) * a.mask_tile + (j - q * steps_per_tile) * kBN;
-    } else {
-      j0 = 0;
-      gather = col_begin + (j - n_tile_steps) * kBN;
-      count = min(kBN, col_end - gather);
-    }
-  };
+  const PrefillSteps<kBN> steps(a, it, h);
+  const int n_steps = steps.n_steps;
 
   const int chunk = tid % kChunks;
   const int row0 = tid / kChunks;
   auto issue = [&](int j, int buf) {
     int j0, gather, count;
-    step_of(j, j0, gather, count);
+    steps.step(j, j0, gather, count);
     T* const dk = sK + buf * S::kSmemKV;
     T* const dv = sV + buf * S::kSmemKV;
 #pragma unroll
@@ -201,7 +158,7 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
     }
     if (!warp_active) continue;
     int j0, gather, count;
-    step_of(j, j0, gather, count);
+    steps.step(j, j0, gather, count);
     if (gather < 0 && j0 > wmax) continue;  // no row of this warp sees a key of this step
     const T* const kt = sK + (j & 1) * S::kSmemKV;
     const T* const vt = sV + (j & 1) * S::kSmemKV;
@@ -272,22 +229,17 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
   __syncthreads();  // every copy into sQ has landed before warps reuse their rows for the output
   if (!warp_active) return;
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
-  const float inv_lo = l[0] > 0.0f ? 1.0f / l[0] : 0.0f;
-  const float inv_hi = l[1] > 0.0f ? 1.0f / l[1] : 0.0f;
+  float inv[2];
+  finish_rows(l, inv);
 
   if (it.partial_base < 0) {
     // Stage the warp's 16 rows (as T) in its own rows of sQ, then 16-byte coalesced stores.
 #pragma unroll
     for (int n = 0; n < kOTiles; ++n) {
       *reinterpret_cast<std::uint32_t*>(sQ + swz<D>(r_lo, n) + t4 * 2) =
-          pack2<T>(o[n][0] * inv_lo, o[n][1] * inv_lo);
+          pack2<T>(o[n][0] * inv[0], o[n][1] * inv[0]);
       *reinterpret_cast<std::uint32_t*>(sQ + swz<D>(r_hi, n) + t4 * 2) =
-          pack2<T>(o[n][2] * inv_hi, o[n][3] * inv_hi);
+          pack2<T>(o[n][2] * inv[1], o[n][3] * inv[1]);
     }
     __syncwarp();
 #pragma unroll
@@ -301,20 +253,7 @@ __global__ void __launch_bounds__(PrefillShape<D, BM>::kThreads, PrefillShape<D,
       }
     }
   } else {
-    const int rows[2] = {r_lo, r_hi};
-    const float inv[2] = {inv_lo, inv_hi};
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      if (rows[r] > last_row) continue;
-      const std::int64_t slot =
-          static_cast<std::int64_t>(it.partial_base) + static_cast<std::int64_t>(rows[r]) * it.partial_stride;
-      float* po = a.part_o + (slot * a.n_heads + h) * D;
-#pragma unroll
-      for (int n = 0; n < kOTiles; ++n) {
-        *reinterpret_cast<float2*>(po + n * 8 + t4 * 2) = make_float2(o[n][2 * r] * inv[r], o[n][2 * r + 1] * inv[r]);
-      }
-      if (t4 == 0) a.part_lse[slot * a.n_heads + h] = l[r] > 0.0f ? m[r] * sl2 + __log2f(l[r]) : kNegInf;
-    }
+    write_partial_rows(a, it, h, r_lo, o, m, l, inv, t4);
   }
 }
 
@@ -324,7 +263,8 @@ void launch_t(const KernelArgs<T>& a, const PrefillItem* items, int n_items, cud
   // gridDim.y is at most 65535: long work lists go in several launches.
   constexpr int kMaxY = 65535;
   for (int first = 0; first < n_items; first += kMaxY) {
-    const dim3 grid(static_cast<unsigned>(a.n_heads), static_cast<unsigned>(std::min(kMaxY, n_items - first)));
+    const dim3 grid(static_cast<unsigned>(a.n_heads),
+                    static_cast<unsigned>(std::min(kMaxY, n_items - first)));
     prefill_kernel<T, D, BM><<<grid, S::kThreads, S::kSmemBytes, stream>>>(a, items + first);
     check_launch("attention prefill kernel");
   }
@@ -371,7 +311,8 @@ int prepare_prefill(int head_dim, int tile_rows) {
 }
 
 std::size_t prefill_smem_bytes(int head_dim, int tile_rows) {
-  if (head_dim == 64) return tile_rows == 128 ? PrefillShape<64, 128>::kSmemBytes : PrefillShape<64, 64>::kSmemBytes;
+  if (head_dim == 64)
+    return tile_rows == 128 ? PrefillShape<64, 128>::kSmemBytes : PrefillShape<64, 64>::kSmemBytes;
   return tile_rows == 128 ? PrefillShape<128, 128>::kSmemBytes : PrefillShape<128, 64>::kSmemBytes;
 }
 

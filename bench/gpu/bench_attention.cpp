@@ -211,10 +211,13 @@ std::string plan_text(const PagedAttention& a, int block_size) {
   char buf[200];
   std::snprintf(
       buf, sizeof buf,
-      "KV block size %d; plan: tile %d, %d prefill CTAs/head (split %d), %d decode CTAs/kv head (split %d), "
-      "%d merged rows",
-      block_size, s.prefill_tile_rows, s.prefill_items, s.prefill_splits, s.decode_items, s.decode_splits,
-      s.merge_rows);
+      "KV block size %d; plan: tile %d (%s), %d prefill CTAs/head (split %d), %d decode CTAs/kv head (split "
+      "%d), %d merged rows",
+      block_size, s.prefill_tile_rows,
+      s.prefill_items == 0 ? "-"
+      : s.prefill_wgmma    ? "wgmma"
+                           : "mma.sync",
+      s.prefill_items, s.prefill_splits, s.decode_items, s.decode_splits, s.merge_rows);
   return buf;
 }
 
@@ -239,15 +242,16 @@ void emit(const Row& r) {
   std::fflush(stdout);
 }
 
-Row dense_or_sparse(Inputs& in, DeviceBuffer<bf16>& out, int L, int percent, cudaStream_t s) {
+// portable: the sm_80 kernel even where the Hopper one would run (its figure for comparison).
+Row dense_or_sparse(Inputs& in, DeviceBuffer<bf16>& out, int L, int percent, bool portable, cudaStream_t s) {
   Row row;
   const bool sparse = percent > 0;
   char name[64], shape[96];
   if (sparse) {
-    std::snprintf(name, sizeof name, "sparse_prefill_L%d_d%d", L, percent);
+    std::snprintf(name, sizeof name, "sparse_prefill_L%d_d%d%s", L, percent, portable ? "_sm80" : "");
     std::snprintf(shape, sizeof shape, "b1 h%d/%d d%d L%d tiles 128x128", kHeads, kKvHeads, kDim, L);
   } else {
-    std::snprintf(name, sizeof name, "dense_prefill_L%d", L);
+    std::snprintf(name, sizeof name, "dense_prefill_L%d%s", L, portable ? "_sm80" : "");
     std::snprintf(shape, sizeof shape, "b1 h%d/%d d%d L%d causal", kHeads, kKvHeads, kDim, L);
   }
   row.name = name;
@@ -258,6 +262,7 @@ Row dense_or_sparse(Inputs& in, DeviceBuffer<bf16>& out, int L, int percent, cud
   b.finish(7);
   const float scale = 1.0f / std::sqrt(static_cast<float>(kDim));
   PagedAttention attn;
+  if (portable) attn.set_options({0, 0, 0, true});
   attn.plan(b.qs, b.ps, b.kvl, b.pos, kHeads, kKvHeads, kDim, b.block_size, s, sparse ? 128 : 0);
   Mask mask;
   if (sparse) mask = make_mask(L, 128, percent, 1000u + static_cast<std::uint32_t>(percent));
@@ -373,12 +378,15 @@ int main(int argc, char** argv) {
     };
     for (const int L : {4096, 16384, 65536}) {
       run_case("dense_prefill_L" + std::to_string(L),
-               [&] { return dense_or_sparse(in, out, L, 0, stream.s); });
+               [&] { return dense_or_sparse(in, out, L, 0, false, stream.s); });
     }
+    run_case("dense_prefill_L16384_sm80", [&] { return dense_or_sparse(in, out, 16384, 0, true, stream.s); });
     for (const int pct : {100, 30, 10, 3}) {
       run_case("sparse_prefill_L32768_d" + std::to_string(pct),
-               [&] { return dense_or_sparse(in, out, 32768, pct, stream.s); });
+               [&] { return dense_or_sparse(in, out, 32768, pct, false, stream.s); });
     }
+    run_case("sparse_prefill_L32768_d10_sm80",
+             [&] { return dense_or_sparse(in, out, 32768, 10, true, stream.s); });
     for (const int bs : {16, 64}) {
       run_case(bs == 16 ? "decode_64x4096" : "decode_64x4096_bs64",
                [&] { return decode(in, out, 64, 4096, bs, stream.s); });

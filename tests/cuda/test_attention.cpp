@@ -231,9 +231,9 @@ std::string describe(const PagedAttention& attn) {
   char buf[200];
   std::snprintf(
       buf, sizeof buf,
-      "plan: tile %d prefill_ctas/head %d psplit %d decode_ctas/kvhead %d dsplit %d merge %d launches %d",
-      s.prefill_tile_rows, s.prefill_items, s.prefill_splits, s.decode_items, s.decode_splits, s.merge_rows,
-      s.launches);
+      "plan: tile %d %s prefill_ctas/head %d psplit %d decode_ctas/kvhead %d dsplit %d merge %d launches %d",
+      s.prefill_tile_rows, s.prefill_wgmma ? "wgmma" : "mma.sync", s.prefill_items, s.prefill_splits,
+      s.decode_items, s.decode_splits, s.merge_rows, s.launches);
   return buf;
 }
 
@@ -257,6 +257,7 @@ const std::vector<Config>& configs() {
       {"auto", {}},
       {"t64+splits", {64, 256, 256}},
       {"t128-nosplit", {128, -1, -1}},
+      {"t128-sm80", {128, -1, -1, true}},  // the sm_80 kernel where the Hopper one would run
   };
   return c;
 }
@@ -415,7 +416,12 @@ TEMPLATE_TEST_CASE("paged attention matches the CPU reference on ragged batches,
   std::uint32_t seed = 1;
   for (const Spec& sp : specs) {
     Problem<TestType> pr = make_problem<TestType>(sp.sh, sp.seqs, seed++);
-    check_dense(sp.name, pr);
+    const auto st = check_dense(sp.name, pr);
+    // On Hopper the auto plan must take the wgmma kernel (this build holds sm_90a code).
+    int major = 0;
+    chunkwise::cuda::check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), "cc");
+    INFO(sp.name << " auto plan: " << describe(pr) << " " << (st.prefill_wgmma ? "wgmma" : "mma.sync"));
+    if (major == 9 && st.prefill_items > 0) CHECK(st.prefill_wgmma);
   }
 }
 

@@ -93,27 +93,30 @@ struct HostIndexSpan {
   std::size_t size = 0;
   HostIndexSpan() = default;
   HostIndexSpan(const std::int32_t* p, std::size_t n) : data(p), size(n) {}
-  HostIndexSpan(const std::vector<std::int32_t>& v) : data(v.data()), size(v.size()) {}  // NOLINT: implicit on purpose
+  HostIndexSpan(const std::vector<std::int32_t>& v)
+      : data(v.data()), size(v.size()) {}  // NOLINT: implicit on purpose
   [[nodiscard]] std::int32_t operator[](std::size_t i) const { return data[i]; }
 };
 
 // What the last plan() decided (for logs, tests and benchmarks).
 struct AttentionPlanStats {
-  int prefill_items = 0;      // prefill CTAs per q head (query tiles x KV splits)
-  int prefill_tile_rows = 0;  // 64 or 128 (0: no prefill work)
-  int prefill_splits = 1;     // most KV splits of a prefill tile
-  int decode_items = 0;       // decode CTAs per KV head (rows x KV splits)
-  int decode_splits = 1;      // most KV splits of a decode row
-  int merge_rows = 0;         // rows whose splits are merged
-  int launches = 0;           // kernels run() launches
+  int prefill_items = 0;            // prefill CTAs per q head (query tiles x KV splits)
+  int prefill_tile_rows = 0;        // 64 or 128 (0: no prefill work)
+  bool prefill_wgmma = false;       // the prefill runs the Hopper (wgmma) kernel, else the sm_80 one
+  int prefill_splits = 1;           // most KV splits of a prefill tile
+  int decode_items = 0;             // decode CTAs per KV head (rows x KV splits)
+  int decode_splits = 1;            // most KV splits of a decode row
+  int merge_rows = 0;               // rows whose splits are merged
+  int launches = 0;                 // kernels run() launches
   std::size_t workspace_bytes = 0;  // device memory the object holds (work list + partials)
 };
 
 // Overrides of plan()'s choices, for tests and benchmarks (the defaults decide by themselves).
 struct AttentionPlanOptions {
-  int tile_rows = 0;           // dense prefill query tile: 0 = auto, 64 or 128 (a mask's tile wins)
-  int decode_split_keys = 0;   // 0 = auto, > 0 = split decode rows every this many keys, < 0 = never
-  int prefill_split_keys = 0;  // the same for dense prefill tiles
+  int tile_rows = 0;              // dense prefill query tile: 0 = auto, 64 or 128 (a mask's tile wins)
+  int decode_split_keys = 0;      // 0 = auto, > 0 = split decode rows every this many keys, < 0 = never
+  int prefill_split_keys = 0;     // the same for dense prefill tiles
+  bool portable_prefill = false;  // run the sm_80 prefill kernel on Hopper too (tests, benchmarks)
 };
 
 class PagedAttention {
@@ -134,7 +137,8 @@ class PagedAttention {
   // metadata (the checks of cpu::paged_attention; with sparse_tile > 0 every sequence's rows must
   // sit at consecutive positions), Error(kBackend) for CUDA failures.
   void plan(HostIndexSpan query_start, HostIndexSpan page_start, HostIndexSpan kv_len, HostIndexSpan q_pos,
-            int n_heads, int n_kv_heads, int head_dim, int block_size, cudaStream_t stream, int sparse_tile = 0);
+            int n_heads, int n_kv_heads, int head_dim, int block_size, cudaStream_t stream,
+            int sparse_tile = 0);
 
   // out[rows, n_heads, head_dim] = softmax(q . k * scale) v for the planned batch; q and out T
   // [rows, n_heads, head_dim] in device memory (out must not alias q or the cache). T is the
