@@ -261,17 +261,19 @@ TEST_CASE("GPU sparse prefill with dense and explicitly dense masks equals the d
       // The same steps in the same order: every tile through the mask path, or no mask over the
       // same tile-aligned work list.
       CHECK(bitwise_diffs(e, a) == 0);
-      // Against the dense plan: per row the same key steps, but the dense plan may split long
-      // prefill tiles over the keys (merged in fp32), which a sparse plan never does, so the 16-bit
-      // attention outputs may differ by a rounding, which 30 bf16 layers carry to the logits (measured
-      // on an H200: KL 1.1e-4 to 1.3e-4, top-1 0.992 to 0.997; bf16 GPU against the fp32 CPU is 2.4e-4).
+      // Against the dense plan: per row the same keys, but the dense plan may split long prefill
+      // tiles over the keys (merged in fp32), which a sparse plan never does, and on Hopper it runs
+      // the wgmma kernel where a 64-tile mask runs the sm_80 one, so the 16-bit attention outputs
+      // differ by roundings that 30 bf16 layers carry to the logits. Two bf16 computations agree
+      // about as well as bf16 and the fp32 CPU do (top-1 0.9895, KL 2.4e-4): measured on an H200,
+      // KL 1.3e-4 to 2.7e-4, top-1 0.987 to 0.997. A wrong mask is far off (sparse vs dense: 0.70).
       const std::size_t differ = bitwise_diffs(e, ref);
       const Agreement agr = compare(ref, e, vocab);
       std::printf(
           "sparse %s, tile %d, explicit dense mask vs no selector: %zu of %zu logits differ, max abs %.3g, "
           "top-1 %.4f, KL mean %.2e\n",
           what.c_str(), tile, differ, e.size(), max_abs_diff(e, ref), agr.top1, agr.mean_kl);
-      CHECK(agr.top1 >= 0.99);
+      CHECK(agr.top1 >= 0.98);
       CHECK(agr.mean_kl < 5e-4);
     }
   }
