@@ -12,8 +12,10 @@ namespace {
 using Outputs = std::map<std::string, std::vector<chunkwise::TokenId>>;
 
 Outputs run_engine(const std::shared_ptr<const chunkwise::Model>& model, const std::string& settings,
-                   const std::vector<chunkwise::Request>& reqs) {
+                   const std::vector<chunkwise::Request>& reqs,
+                   chunkwise::SessionMetrics* metrics = nullptr) {
   chunkwise::EngineConfig c;
+  c.session.kv_memory_mb = chunkwise::test::kRoomyKvMb;  // settings may ask for more, or set kv_blocks
   c.apply(settings);
   chunkwise::Engine engine(model, c);
   for (const auto& r : reqs) engine.submit(r);
@@ -33,6 +35,7 @@ Outputs run_engine(const std::shared_ptr<const chunkwise::Model>& model, const s
   }
   for (auto& f : engine.take_finished()) out[f.label] = f.output_tokens;
   CHECK(engine.kv_usage().in_use == 0);
+  if (metrics != nullptr) *metrics = engine.metrics();
   return out;
 }
 
@@ -123,6 +126,10 @@ TEST_CASE("prefill-first + lru under preemption readmits without a livelock", "[
       reqs.push_back(std::move(item.request));
   }
   REQUIRE(reqs.size() == 24);
-  const Outputs reference = run_engine(model, "batching=stall-free prefix_caching=off", reqs);
+  // The reference reuses the two documents' cached blocks (the prefix cache on and off give the
+  // same outputs: test_prefix_cache.cpp) in a pool that needs no preemption.
+  chunkwise::SessionMetrics m;
+  const Outputs reference = run_engine(model, "batching=stall-free kv_memory_mb=512", reqs, &m);
+  REQUIRE(m.preemptions == 0);
   CHECK(run_engine(model, "batching=prefill-first eviction=lru kv_blocks=75", reqs) == reference);
 }

@@ -37,12 +37,51 @@ std::vector<Request> mixed_requests(const chunkwise::Model& model, int max_new) 
   return out;
 }
 
+// The odd-numbered half of mixed_requests(): short, middle and long prompts, and all four sampled
+// requests. At CI size the slow cases check these (full_size(): all 16).
+std::vector<Request> ci_share(std::vector<Request> reqs) {
+  if (chunkwise::test::full_size()) return reqs;
+  std::vector<Request> out;
+  for (std::size_t i = 1; i < reqs.size(); i += 2) out.push_back(std::move(reqs[i]));
+  return out;
+}
+
+// Output lengths of the three cases below at full size; at CI size all use 16 and share one
+// reference batch.
+int max_new(int full) {
+  return chunkwise::test::full_size() ? full : 16;
+}
+
 chunkwise::test::Outputs run(const std::shared_ptr<const chunkwise::Model>& model,
                              const std::vector<Request>& reqs, SessionConfig cfg,
                              std::int64_t* preemptions = nullptr) {
+  if (cfg.kv_blocks == 0) cfg.kv_memory_mb = chunkwise::test::kRoomyKvMb;
   chunkwise::SessionMetrics m;
   auto out = chunkwise::test::run_requests(model, reqs, std::move(cfg), &m);
   if (preemptions) *preemptions = m.preemptions;
+  return out;
+}
+
+// The 16 mixed requests in one batch without memory pressure, run once per output length.
+const chunkwise::test::Outputs& batched_reference(const std::shared_ptr<const chunkwise::Model>& model,
+                                                  int max_new_tokens) {
+  static std::map<int, chunkwise::test::Outputs> cache;
+  auto it = cache.find(max_new_tokens);
+  if (it == cache.end()) {
+    std::int64_t preemptions = -1;
+    auto out = run(model, mixed_requests(*model, max_new_tokens), {}, &preemptions);
+    REQUIRE(out.size() == 16);
+    REQUIRE(preemptions == 0);
+    it = cache.emplace(max_new_tokens, std::move(out)).first;
+  }
+  return it->second;
+}
+
+// The reference outputs of `reqs`, requests of mixed_requests().
+chunkwise::test::Outputs reference_of(const chunkwise::test::Outputs& batched,
+                                      const std::vector<Request>& reqs) {
+  chunkwise::test::Outputs out;
+  for (const auto& r : reqs) out[r.label] = batched.at(r.label);
   return out;
 }
 
@@ -50,10 +89,9 @@ chunkwise::test::Outputs run(const std::shared_ptr<const chunkwise::Model>& mode
 
 TEST_CASE("a request's output is the same alone and in a batch of 16", "[session][invariance]") {
   CHUNKWISE_REQUIRE_MODEL(model);
-  const auto reqs = mixed_requests(*model, 24);
-  const auto batched = run(model, reqs, {});
-  REQUIRE(batched.size() == reqs.size());
-  for (const auto& r : reqs) {
+  const int n = max_new(24);
+  const auto& batched = batched_reference(model, n);
+  for (const auto& r : ci_share(mixed_requests(*model, n))) {
     INFO("request " << r.label << " with " << r.prompt_tokens.size() << " prompt tokens");
     const auto alone = run(model, {r}, {});
     CHECK(alone.at(r.label) == batched.at(r.label));
@@ -62,8 +100,9 @@ TEST_CASE("a request's output is the same alone and in a batch of 16", "[session
 
 TEST_CASE("chunked prefill and tiny KV blocks give the same output", "[session][invariance]") {
   CHUNKWISE_REQUIRE_MODEL(model);
-  const auto reqs = mixed_requests(*model, 12);
-  const auto reference = run(model, reqs, {});
+  const int n = max_new(12);
+  const auto reqs = mixed_requests(*model, n);
+  const auto& reference = batched_reference(model, n);
   SessionConfig chunked;
   chunked.max_batch_tokens = 37;  // prompts split across many steps, mixed with decodes
   chunked.block_size = 5;
@@ -72,10 +111,12 @@ TEST_CASE("chunked prefill and tiny KV blocks give the same output", "[session][
 
 TEST_CASE("preemption under KV pressure loses nothing and changes nothing", "[session][kv]") {
   CHUNKWISE_REQUIRE_MODEL(model);
-  const auto reqs = mixed_requests(*model, 16);
-  const auto reference = run(model, reqs, {});
+  const int n = max_new(16);
+  const auto reqs = ci_share(mixed_requests(*model, n));
+  const auto reference = reference_of(batched_reference(model, n), reqs);
   std::size_t longest = 0;
-  for (const auto& r : reqs) longest = std::max(longest, r.prompt_tokens.size() + 16);
+  for (const auto& r : reqs)
+    longest = std::max(longest, r.prompt_tokens.size() + static_cast<std::size_t>(n));
   SessionConfig tight;
   tight.block_size = 16;
   tight.kv_blocks = static_cast<int>((longest + 15) / 16) + 4;  // room for one long request and a bit
