@@ -25,7 +25,7 @@ if(CHUNKWISE_HAS_CUDA)
                                                   POSITION_INDEPENDENT_CODE ON)
   target_include_directories(chunkwise_cuda PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/cuda/include>
                                                    $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
-  target_link_libraries(chunkwise_cuda PUBLIC chunkwise CUDA::cudart CUDA::cublas)
+  target_link_libraries(chunkwise_cuda PUBLIC chunkwise CUDA::cudart CUDA::cublas CUDA::cublasLt)
   chunkwise_warnings(chunkwise_cuda)
   target_compile_definitions(chunkwise_cuda INTERFACE CHUNKWISE_HAS_CUDA=1)
   install(TARGETS chunkwise_cuda EXPORT chunkwiseTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}

@@ -111,8 +111,9 @@ __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::kMin
       const bool valid = p < it.kv_end;
       int blk, slot;
       block_slot(p, blk, slot);
-      const std::int64_t off =
-          valid ? static_cast<std::int64_t>(pg[i]) * a.block_stride + slot * a.row_stride + kvh_off + chunk * 8 : 0;
+      const std::int64_t off = valid ? static_cast<std::int64_t>(pg[i]) * a.block_stride +
+                                           slot * a.row_stride + kvh_off + chunk * 8
+                                     : 0;
       cp_async16(dk + swz<D>(r, chunk), a.k + off, valid);
       cp_async16(dv + swz<D>(r, chunk), a.v + off, valid);
     }
@@ -254,37 +255,59 @@ __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::kMin
   }
 }
 
-// One CTA per merged row: out[row, h, :] = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max).
+// out[row, h, :] = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max): one warp per (merged row,
+// head), kMergeWarps heads per CTA. The lanes read the splits' lse at once and reduce across the
+// warp, then each lane sums its float4 of O over its share of the splits with independent loads:
+// a merge is a few dependent memory round trips, not one per split (it runs every layer of a
+// narrow step, where its latency is the step's).
+constexpr int kMergeWarps = 4;
+
 template <class T, int D>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(kMergeWarps * 32)
     merge_kernel(const KernelArgs<T> a, const MergeItem* __restrict__ items) {
+  constexpr int kLanesPerSplit = D / 4;  // float4s of one head's O
+  constexpr int kSplitsPerPass = 32 / kLanesPerSplit;
+  static_assert(32 % kLanesPerSplit == 0, "a warp covers whole rows of O");
   const MergeItem it = items[blockIdx.x];
-  for (int idx = static_cast<int>(threadIdx.x); idx < a.n_heads * (D / 4); idx += static_cast<int>(blockDim.x)) {
-    const int h = idx / (D / 4);
-    const int c4 = idx - h * (D / 4);
-    float mx = kNegInf;
-    for (int s = 0; s < it.n_splits; ++s)
-      mx = fmaxf(mx, a.part_lse[static_cast<std::int64_t>(it.base + s) * a.n_heads + h]);
-    float wsum = 0.0f;
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int s = 0; s < it.n_splits; ++s) {
-      const std::int64_t slot = static_cast<std::int64_t>(it.base + s) * a.n_heads + h;
-      const float lse = a.part_lse[slot];
-      if (lse == kNegInf) continue;  // the split saw no key of this row
-      const float w = fast_exp2(lse - mx);
-      wsum += w;
-      const float4 p = *reinterpret_cast<const float4*>(a.part_o + slot * D + c4 * 4);
-      acc.x += w * p.x;
-      acc.y += w * p.y;
-      acc.z += w * p.z;
-      acc.w += w * p.w;
-    }
-    const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
-    uint2 packed;
-    packed.x = pack2<T>(acc.x * inv, acc.y * inv);
-    packed.y = pack2<T>(acc.z * inv, acc.w * inv);
-    *reinterpret_cast<uint2*>(a.out + (static_cast<std::int64_t>(it.row) * a.n_heads + h) * D + c4 * 4) = packed;
+  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+  const int h = static_cast<int>(blockIdx.y) * kMergeWarps + warp;
+  if (h >= a.n_heads) return;
+  const float* const lse = a.part_lse + static_cast<std::int64_t>(it.base) * a.n_heads + h;
+  float mx = kNegInf;
+  for (int s = lane; s < it.n_splits; s += 32) mx = fmaxf(mx, lse[static_cast<std::int64_t>(s) * a.n_heads]);
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (mx == kNegInf) mx = 0.0f;  // no split saw a key of this row: every weight is 0
+
+  const int c4 = lane % kLanesPerSplit;
+  float wsum = 0.0f;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+  for (int s = lane / kLanesPerSplit; s < it.n_splits; s += kSplitsPerPass) {
+    const std::int64_t slot = static_cast<std::int64_t>(it.base + s) * a.n_heads + h;
+    const float l = a.part_lse[slot];
+    const float4 p = *reinterpret_cast<const float4*>(a.part_o + slot * D + c4 * 4);
+    if (l == kNegInf) continue;  // the split saw no key of this row (its O is not written)
+    const float w = fast_exp2(l - mx);
+    wsum += w;
+    acc.x += w * p.x;
+    acc.y += w * p.y;
+    acc.z += w * p.z;
+    acc.w += w * p.w;
   }
+  for (int o = kLanesPerSplit; o < 32; o <<= 1) {
+    wsum += __shfl_xor_sync(0xffffffffu, wsum, o);
+    acc.x += __shfl_xor_sync(0xffffffffu, acc.x, o);
+    acc.y += __shfl_xor_sync(0xffffffffu, acc.y, o);
+    acc.z += __shfl_xor_sync(0xffffffffu, acc.z, o);
+    acc.w += __shfl_xor_sync(0xffffffffu, acc.w, o);
+  }
+  if (lane >= kLanesPerSplit) return;
+  const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
+  uint2 packed;
+  packed.x = pack2<T>(acc.x * inv, acc.y * inv);
+  packed.y = pack2<T>(acc.z * inv, acc.w * inv);
+  *reinterpret_cast<uint2*>(a.out + (static_cast<std::int64_t>(it.row) * a.n_heads + h) * D + c4 * 4) =
+      packed;
 }
 
 template <class T, int D>
@@ -333,11 +356,12 @@ template <class T>
 void launch_merge(const KernelArgs<T>& a, const MergeItem* items, int n_items, int head_dim,
                   cudaStream_t stream) {
   if (n_items <= 0) return;
-  const dim3 grid(static_cast<unsigned>(n_items));
+  const dim3 grid(static_cast<unsigned>(n_items),
+                  static_cast<unsigned>((a.n_heads + kMergeWarps - 1) / kMergeWarps));
   if (head_dim == 64) {
-    merge_kernel<T, 64><<<grid, 128, 0, stream>>>(a, items);
+    merge_kernel<T, 64><<<grid, kMergeWarps * 32, 0, stream>>>(a, items);
   } else {
-    merge_kernel<T, 128><<<grid, 128, 0, stream>>>(a, items);
+    merge_kernel<T, 128><<<grid, kMergeWarps * 32, 0, stream>>>(a, items);
   }
   check_launch("attention merge kernel");
 }
