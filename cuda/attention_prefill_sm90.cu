@@ -13,8 +13,11 @@
 //     operands from shared memory, fp32 accumulators in registers), the causal / validity mask,
 //     online softmax in registers, O += P V (wgmma with P from registers, V from shared memory
 //     read transposed), releasing K after the first product and V after the second.
-// The consumers run unsynchronised with each other, so one warpgroup's softmax overlaps the
-// other's matrix products. Registers move from the producer to the consumers (setmaxnreg).
+// The consumers take turns on the tensor cores (FlashAttention-3's inter-warpgroup ping-pong,
+// named barriers kTurnBarrier + warpgroup): a warpgroup issues its step's products (Q K^T of the
+// step and P V of the one before) in its turn and passes the turn to the other, so one
+// warpgroup's softmax overlaps the other's matrix products. Registers move from the producer to
+// the consumers (setmaxnreg).
 // Step lists (dense or a 128-tile mask row plus gathered columns), KV splits and the output are
 // those of the sm_80 kernel.
 #include <algorithm>
@@ -35,6 +38,9 @@ constexpr int kThreads = 384;
 // thread at 384 threads, one CTA per SM); asking for more than was released hangs the consumers.
 constexpr int kProducerRegs = 80;
 constexpr int kConsumerRegs = 208;
+// Named barriers: 1 and 2 the consumer warpgroups' own, 3 the producer's, kTurnBarrier + w consumer
+// warpgroup w's ping-pong turn (both consumer warpgroups, 256 threads).
+constexpr int kTurnBarrier = 4;
 static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= (65536 / kThreads) / 8 * 8 * kThreads,
               "register budget of the warpgroups");
 
@@ -101,6 +107,11 @@ __device__ __forceinline__ void fence_proxy_async() {
 }
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Arrives on a named barrier without waiting (it completes once `threads` threads have arrived at it
+// or synced on it).
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 #if defined(CHUNKWISE_WGMMA)
@@ -450,26 +461,68 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_wait(full_v(j % kStages), (j / kStages) & 1);
     fence_proxy_async();
   };
-  // (FlashAttention-3's intra-warpgroup pipelining, Q K^T of step j + 1 issued before the softmax
-  // of step j, measured no faster here: the two consumer warpgroups already overlap each other.)
-  for (int j = 0; j < n_active; ++j) {
-    const int s = j % kStages;
-    wait_k(j);
-    issue_s(s);
+  // The ping-pong schedule. Both warpgroups take exactly one turn per step of the CTA's list
+  // (n_steps, the same for both), computed or not: warpgroup w waits on barrier kTurnBarrier + w
+  // (take_turn), issues, then arrives on the other's (pass_turn). Warpgroup 1 arrives on warpgroup
+  // 0's barrier once before its first turn and not after its last, so every barrier phase completes
+  // (n_steps arrivals and syncs on each barrier) and turn j of warpgroup 1 follows turn j of
+  // warpgroup 0, which follows turn j - 1 of warpgroup 1. Before turn j a warpgroup waits for K of
+  // step j and V of step j - 1, which the producer loads once both warpgroups released step j - 3
+  // (by their turn j - 2): every wait is on earlier turns, so none can close a cycle.
+  const int own_turn = kTurnBarrier + cw, other_turn = kTurnBarrier + (cw ^ 1);
+  auto take_turn = [&] { named_barrier(own_turn, 256); };
+  auto pass_turn = [&](int j) {
+    if (cw == 0 || j + 1 < n_steps) named_barrier_arrive(other_turn, 256);
+  };
+  if (cw == 1 && n_steps > 0) named_barrier_arrive(other_turn, 256);
+  // Turn j issues Q K^T of step j and P V of step j - 1; the softmax of step j then runs under the
+  // other warpgroup's turn. The last step's P V runs after the turns.
+  // (The first step, with no P V, is peeled: a wgmma or wgmma wait on a conditional path makes
+  // ptxas serialise the kernel's wgmma.)
+  if (n_active > 0) {
+    wait_k(0);
+    take_turn();
+    issue_s(0);
+    pass_turn(0);
     wgmma_wait<0>();
+    reg_fence(sacc);
+    mbar_arrive(empty_k(0));
+    mask(0);
+    softmax_update(sacc, o, m, l, sl2);
+    pack_p();
+  }
+  for (int j = 1; j < n_active; ++j) {
+    const int s = j % kStages;
+    const int sp = (j - 1) % kStages;
+    wait_v(j - 1);
+    wait_k(j);
+    take_turn();
+    issue_s(s);
+    issue_pv(sp);
+    pass_turn(j);
+    wgmma_wait<1>();  // Q K^T (committed first) done, P V may still run
     reg_fence(sacc);
     mbar_arrive(empty_k(s));
     mask(j);
+    wgmma_wait<0>();  // P V done before the softmax rescales O and P is repacked
+    reg_fence(o);
+    reg_fence(pa);
+    mbar_arrive(empty_v(sp));
     softmax_update(sacc, o, m, l, sl2);
     pack_p();
-    wait_v(j);
-    issue_pv(s);
+  }
+  if (n_active > 0) {
+    const int sp = (n_active - 1) % kStages;
+    wait_v(n_active - 1);
+    issue_pv(sp);
     wgmma_wait<0>();
     reg_fence(o);
     reg_fence(pa);
-    mbar_arrive(empty_v(s));
+    mbar_arrive(empty_v(sp));
   }
   for (int j = n_active; j < n_steps; ++j) {
+    take_turn();
+    pass_turn(j);
     mbar_wait(full_k(j % kStages), (j / kStages) & 1);
     mbar_arrive(empty_k(j % kStages));
     mbar_wait(full_v(j % kStages), (j / kStages) & 1);
