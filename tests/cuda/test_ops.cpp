@@ -25,10 +25,11 @@
 #include <vector>
 
 #include "catch.hpp"
-#include "chunkwise/core/detail/counter_rng.hpp"
 #include "chunkwise/backend/cpu/ops.hpp"
+#include "chunkwise/core/detail/counter_rng.hpp"
 #include "chunkwise/core/sampling.hpp"
 #include "chunkwise/cuda/common.hpp"
+#include "chunkwise/cuda/gemm.hpp"
 #include "chunkwise/cuda/ops.hpp"
 
 namespace {
@@ -44,7 +45,8 @@ using i64 = std::int64_t;
 template <class T>
 DeviceBuffer<T> upload(const std::vector<T>& h) {
   DeviceBuffer<T> d(std::max<std::size_t>(h.size(), 1));
-  if (!h.empty()) cu::check_cuda(cudaMemcpy(d.get(), h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
+  if (!h.empty())
+    cu::check_cuda(cudaMemcpy(d.get(), h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
   return d;
 }
 
@@ -140,11 +142,13 @@ std::string describe(const Diff& d, const std::vector<float>& out, const std::ve
   s << " non_finite=" << d.non_finite;
   if (d.non_finite > 0) s << " (first at " << d.first_non_finite << ")";
   s << " elements_off=" << d.n_bad;
-  if (d.n_bad > 0) s << " (first at " << d.first_bad << ": out " << out[d.first_bad] << ", ref " << ref[d.first_bad] << ")";
+  if (d.n_bad > 0)
+    s << " (first at " << d.first_bad << ": out " << out[d.first_bad] << ", ref " << ref[d.first_bad] << ")";
   return s.str();
 }
 
-void check_close(const std::vector<float>& out, const std::vector<float>& ref, double tol, const std::string& what) {
+void check_close(const std::vector<float>& out, const std::vector<float>& ref, double tol,
+                 const std::string& what) {
   REQUIRE(out.size() == ref.size());
   const Diff d = compare(out, ref, tol);
   INFO(what << ": " << describe(d, out, ref));
@@ -156,7 +160,8 @@ void check_equal(const std::vector<float>& out, const std::vector<float>& ref, c
   REQUIRE(out.size() == ref.size());
   std::size_t n_diff = 0, first = 0;
   for (std::size_t i = 0; i < out.size(); ++i)
-    if (std::bit_cast<std::uint32_t>(out[i]) != std::bit_cast<std::uint32_t>(ref[i]) && n_diff++ == 0) first = i;
+    if (std::bit_cast<std::uint32_t>(out[i]) != std::bit_cast<std::uint32_t>(ref[i]) && n_diff++ == 0)
+      first = i;
   INFO(what << ": " << n_diff << " of " << out.size() << " elements differ"
             << (n_diff > 0 ? ", first at " + std::to_string(first) + " (out " + std::to_string(out[first]) +
                                  ", ref " + std::to_string(ref[first]) + ")"
@@ -200,7 +205,8 @@ TEMPLATE_TEST_CASE("cuda::embed copies table rows exactly and flags bad ids", "[
   // Device-side guard: out-of-range ids give zero rows and set the flag; the others are copied.
   const i64 vocab = 300, dim = 576;
   const std::vector<T> table = to_storage<T>(normal(rng, static_cast<std::size_t>(vocab * dim)));
-  const std::vector<std::int32_t> ids{3, -1, static_cast<std::int32_t>(vocab), 299, std::numeric_limits<std::int32_t>::min()};
+  const std::vector<std::int32_t> ids{3, -1, static_cast<std::int32_t>(vocab), 299,
+                                      std::numeric_limits<std::int32_t>::min()};
   const auto n = static_cast<i64>(ids.size());
   const auto d_table = upload(table);
   const auto d_ids = upload(ids);
@@ -222,10 +228,17 @@ TEMPLATE_TEST_CASE("cuda::add_rms_norm and rms_norm_f32 match cpu::rms_norm afte
   using T = TestType;
   std::mt19937 rng(202);
   const float eps = 1e-5f;
-  for (const auto& [rows, dim] : {std::pair<i64, i64>{7, 576}, {5, 100}, {3, 4096}, {2, 20000}, {2, 17001}, {4, 8},
-                                  {3, 12}, {1, 16384}}) {
+  for (const auto& [rows, dim] : {std::pair<i64, i64>{7, 576},
+                                  {5, 100},
+                                  {3, 4096},
+                                  {2, 20000},
+                                  {2, 17001},
+                                  {4, 8},
+                                  {3, 12},
+                                  {1, 16384}}) {
     for (const bool with_residual : {false, true}) {
-      const std::string what = "rms_norm " + shape({{"rows", rows}, {"dim", dim}, {"residual", with_residual}});
+      const std::string what =
+          "rms_norm " + shape({{"rows", rows}, {"dim", dim}, {"residual", with_residual}});
       const auto size = static_cast<std::size_t>(rows * dim);
       const std::vector<float> x = normal(rng, size, 0.0f, 3.0f);
       const std::vector<float> residual = normal(rng, size);
@@ -298,8 +311,8 @@ TEMPLATE_TEST_CASE("cuda::rope_write_kv matches cpu::rope and cpu::write_kv", "[
       const std::vector<float> inv_freq = chunkwise::cpu::rope_inv_freq(c.head_dim, c.theta, scaling);
 
       // Reference: split q | k | v, rotate q and k, write k and v into a NaN-filled fp32 cache.
-      std::vector<float> q(static_cast<std::size_t>(rows * q_dim)), k(static_cast<std::size_t>(rows * kv_dim)),
-          v(static_cast<std::size_t>(rows * kv_dim));
+      std::vector<float> q(static_cast<std::size_t>(rows * q_dim)),
+          k(static_cast<std::size_t>(rows * kv_dim)), v(static_cast<std::size_t>(rows * kv_dim));
       for (i64 r = 0; r < rows; ++r) {
         const float* src = qkv.data() + r * row_size;
         std::copy_n(src, q_dim, q.begin() + r * q_dim);
@@ -310,9 +323,9 @@ TEMPLATE_TEST_CASE("cuda::rope_write_kv matches cpu::rope and cpu::write_kv", "[
       chunkwise::cpu::rope(k.data(), rows, c.n_kv_heads, c.head_dim, positions.data(), inv_freq);
       const auto cache_size = static_cast<std::size_t>(n_slots * kv_dim);
       std::vector<float> k_cache(cache_size, std::numeric_limits<float>::quiet_NaN()), v_cache = k_cache;
-      chunkwise::cpu::write_kv(chunkwise::cpu::PagedKv{k_cache.data(), v_cache.data(), block_size, c.n_kv_heads,
-                                                       c.head_dim},
-                               k.data(), v.data(), slots.data(), rows);
+      chunkwise::cpu::write_kv(
+          chunkwise::cpu::PagedKv{k_cache.data(), v_cache.data(), block_size, c.n_kv_heads, c.head_dim},
+          k.data(), v.data(), slots.data(), rows);
 
       const auto d_qkv = upload(qkv);
       const auto d_pos = upload(positions);
@@ -391,7 +404,8 @@ TEMPLATE_TEST_CASE("cuda::gather_rows and the conversions copy exactly", "[cuda]
     const std::vector<float> xf = to_f32(x);
     std::vector<float> ref;
     for (const std::int32_t r : rows) ref.insert(ref.end(), xf.begin() + r * dim, xf.begin() + (r + 1) * dim);
-    check_equal(to_f32(download(d_out.get(), ref.size())), ref, "gather_rows " + shape({{"dim", dim}, {"n", n}}));
+    check_equal(to_f32(download(d_out.get(), ref.size())), ref,
+                "gather_rows " + shape({{"dim", dim}, {"n", n}}));
   }
 
   const i64 n = 1000003;
@@ -463,7 +477,9 @@ TEMPLATE_TEST_CASE("cuda::gather_paged_f32 widens the paged cache rows exactly",
 
 namespace {
 
-bool greedy(const cu::DeviceSampleRow& p) { return p.temperature == 0.0f || p.top_k == 1; }
+bool greedy(const cu::DeviceSampleRow& p) {
+  return p.temperature == 0.0f || p.top_k == 1;
+}
 
 // An independent, simple statement of the host sampler's kept set, with the weights in long
 // double: kept ids in id order and their inclusive cumulative weights. For sampled rows with a
@@ -482,9 +498,8 @@ KeptCdf kept_cdf(const float* logits, int vocab, const cu::DeviceSampleRow& p) {
       cand.push_back(i);
       max_logit = std::max(max_logit, logits[i]);
     }
-  std::sort(cand.begin(), cand.end(), [&](int a, int b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  });
+  std::sort(cand.begin(), cand.end(),
+            [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
   const float inv_t = 1.0f / p.temperature;
   auto weight = [&](int i) { return static_cast<long double>(std::exp((logits[i] - max_logit) * inv_t)); };
   std::size_t kept = cand.size();
@@ -540,11 +555,11 @@ SampleStats run_sampling(int vocab, int rows, std::uint32_t seed) {
       if (kind == 2 && i % 29 == 7) x = nan;
       l[i] = x;
     }
-    if (r == 3) l[vocab / 2] = inf;                                     // the host's argmax fallback
-    if (r == 11) std::fill(l, l + vocab, -inf);                         // no candidate: token 0
-    if (r == 19) std::fill(l, l + vocab, nan);                          // likewise
-    if (r == 27) std::fill(l, l + vocab, 0.5f);                         // all tied
-    if (r == 35) std::fill(l, l + vocab, -0.0f), l[vocab - 1] = 0.0f;   // -0 and +0 tie
+    if (r == 3) l[vocab / 2] = inf;                                       // the host's argmax fallback
+    if (r == 11) std::fill(l, l + vocab, -inf);                           // no candidate: token 0
+    if (r == 19) std::fill(l, l + vocab, nan);                            // likewise
+    if (r == 27) std::fill(l, l + vocab, 0.5f);                           // all tied
+    if (r == 35) std::fill(l, l + vocab, -0.0f), l[vocab - 1] = 0.0f;     // -0 and +0 tie
     if (r == 43) std::fill(l, l + vocab - 1, -inf), l[vocab - 1] = 1.0f;  // one candidate
     cu::DeviceSampleRow& p = params[static_cast<std::size_t>(r)];
     p.temperature = r % 4 == 0 ? 0.0f : temps[pick(7)];
@@ -572,7 +587,8 @@ SampleStats run_sampling(int vocab, int rows, std::uint32_t seed) {
   for (int r = 0; r < rows; ++r) {
     const cu::DeviceSampleRow& p = params[static_cast<std::size_t>(r)];
     const float* l = logits.data() + static_cast<std::size_t>(r) * static_cast<std::size_t>(vocab);
-    const chunkwise::TokenId host = chunkwise::sample(l, vocab, {p.temperature, p.top_k, p.top_p, p.seed}, p.step);
+    const chunkwise::TokenId host =
+        chunkwise::sample(l, vocab, {p.temperature, p.top_k, p.top_p, p.seed}, p.step);
     const std::int32_t dev = got[static_cast<std::size_t>(r)];
     const bool argmax_path = greedy(p) || r == 3 || r == 11 || r == 19;
     std::ostringstream row;
@@ -601,13 +617,14 @@ SampleStats run_sampling(int vocab, int rows, std::uint32_t seed) {
       return it != cdf.ids.end() && *it == id ? static_cast<std::ptrdiff_t>(it - cdf.ids.begin()) : -1;
     };
     const std::ptrdiff_t ph = pos(host), pd = pos(dev);
-    const long double u = static_cast<long double>(chunkwise::detail::sample_uniform(p.seed, p.step)) * cdf.mass();
+    const long double u =
+        static_cast<long double>(chunkwise::detail::sample_uniform(p.seed, p.step)) * cdf.mass();
     if (self_check) {
       const long double lo = ph > 0 ? cdf.cum[static_cast<std::size_t>(ph - 1)] : 0.0L;
       const long double hi = ph >= 0 ? cdf.cum[static_cast<std::size_t>(ph)] : -1.0L;
       const long double slack = 1e-9L * cdf.mass();
       INFO("test reference vs host sampler: " << row.str() << "; host token kept: " << (ph >= 0) << ", kept "
-                                               << cdf.ids.size());
+                                              << cdf.ids.size());
       CHECK((ph >= 0 && u >= lo - slack && u <= hi + slack));
       if (dev == host) {
         ++st.sampled_exact;
@@ -637,7 +654,8 @@ SampleStats run_sampling(int vocab, int rows, std::uint32_t seed) {
     }
   }
   std::printf(
-      "sample_tokens vocab %d, %d rows: %d argmax rows (%d differ), %d sampled rows: %d identical, %d at a rounding "
+      "sample_tokens vocab %d, %d rows: %d argmax rows (%d differ), %d sampled rows: %d identical, %d at a "
+      "rounding "
       "boundary, %d wrong\n",
       vocab, rows, st.greedy_rows, st.greedy_bad, st.sampled_rows, st.sampled_exact, st.sampled_boundary,
       st.sampled_bad);
@@ -647,8 +665,10 @@ SampleStats run_sampling(int vocab, int rows, std::uint32_t seed) {
 }  // namespace
 
 TEST_CASE("cuda::sample_tokens draws the host sampler's tokens", "[cuda][ops]") {
-  for (const auto& [vocab, rows, seed] :
-       {std::tuple<int, int, std::uint32_t>{49152, 512, 606}, {128256, 48, 607}, {1003, 64, 608}, {7, 16, 609}}) {
+  for (const auto& [vocab, rows, seed] : {std::tuple<int, int, std::uint32_t>{49152, 512, 606},
+                                          {128256, 48, 607},
+                                          {1003, 64, 608},
+                                          {7, 16, 609}}) {
     const SampleStats st = run_sampling(vocab, rows, seed);
     INFO("vocab " << vocab << ", rows " << rows << "\n" << st.details);
     CHECK(st.greedy_bad == 0);
@@ -683,8 +703,12 @@ TEST_CASE("cuda::sampling_expf is the host's expf bit for bit", "[cuda][ops]") {
   std::uniform_real_distribution<float> dist(-110.0f, 0.0f);
   std::vector<float> x(1 << 22);
   for (float& v : x) v = dist(rng);
-  const float specials[] = {0.0f, -0.0f, -std::numeric_limits<float>::infinity(), -1e-30f, -1e-45f, -87.5f, -88.0f,
-                            -88.7f, -103.0f, -103.5f, -104.0f, -200.0f, -0x1.9fe368p6f, -0x1.9d1d9ep6f, -1.0f, -0.5f};
+  const float specials[] = {0.0f,           -0.0f,          -std::numeric_limits<float>::infinity(),
+                            -1e-30f,        -1e-45f,        -87.5f,
+                            -88.0f,         -88.7f,         -103.0f,
+                            -103.5f,        -104.0f,        -200.0f,
+                            -0x1.9fe368p6f, -0x1.9d1d9ep6f, -1.0f,
+                            -0.5f};
   std::copy(std::begin(specials), std::end(specials), x.begin());
   const auto d_x = upload(x);
   auto d_y = poisoned<float>(x.size());
@@ -701,10 +725,78 @@ TEST_CASE("cuda::sampling_expf is the host's expf bit for bit", "[cuda][ops]") {
     max_ulp = std::max(max_ulp, std::abs(a - b));
   }
   if (n_diff > 0) {
-    WARN("host expf differs from the device's glibc expf on " << n_diff << " of " << x.size()
-                                                               << " inputs (first x = " << x[first] << ": device "
-                                                               << y[first] << ", host " << std::exp(x[first])
-                                                               << "): sampled tokens agree up to boundary cases only");
+    WARN("host expf differs from the device's glibc expf on "
+         << n_diff << " of " << x.size() << " inputs (first x = " << x[first] << ": device " << y[first]
+         << ", host " << std::exp(x[first]) << "): sampled tokens agree up to boundary cases only");
   }
   CHECK(max_ulp <= 2);
+}
+
+TEMPLATE_TEST_CASE("cuda::Gemm::linear matches a double-precision product, overwriting and accumulating",
+                   "[cuda][ops]", bf16, f16) {
+  using T = TestType;
+  std::mt19937 rng(505);
+  cu::Gemm gemm;
+  // Shapes of the default model's and odd ones; x and y also at offsets that lower their
+  // alignment (16 and 4 bytes), which is part of a plan's key.
+  const std::vector<std::tuple<i64, i64, i64>> shapes = {
+      {1, 64, 96}, {7, 576, 960}, {33, 1536, 576}, {300, 256, 520}, {5, 72, 40}};
+  for (const auto& [m, k, n] : shapes) {
+    for (const i64 x_off : {i64{0}, i64{8}}) {
+      for (const i64 y_off : {i64{0}, i64{1}}) {
+        for (const float beta : {0.0f, 1.0f}) {
+          const std::string what = "linear " + shape({{"m", m},
+                                                      {"k", k},
+                                                      {"n", n},
+                                                      {"x_off", x_off},
+                                                      {"y_off", y_off},
+                                                      {"beta", static_cast<i64>(beta)}});
+          const std::vector<T> x = to_storage<T>(normal(rng, static_cast<std::size_t>(x_off + m * k)));
+          const std::vector<T> w = to_storage<T>(normal(rng, static_cast<std::size_t>(n * k), 0.0f, 0.05f));
+          const std::vector<float> y0 = normal(rng, static_cast<std::size_t>(y_off + m * n));
+          std::vector<float> ref(static_cast<std::size_t>(m * n));
+          for (i64 r = 0; r < m; ++r)
+            for (i64 c = 0; c < n; ++c) {
+              double acc = beta == 0.0f ? 0.0 : y0[static_cast<std::size_t>(y_off + r * n + c)];
+              for (i64 i = 0; i < k; ++i)
+                acc +=
+                    static_cast<double>(static_cast<float>(x[static_cast<std::size_t>(x_off + r * k + i)])) *
+                    static_cast<float>(w[static_cast<std::size_t>(c * k + i)]);
+              ref[static_cast<std::size_t>(r * n + c)] = static_cast<float>(acc);
+            }
+          const auto d_x = upload(x);
+          const auto d_w = upload(w);
+          auto d_y = beta == 0.0f ? poisoned<float>(y0.size()) : upload(y0);
+          const std::size_t plans = gemm.plans();
+          gemm.linear(d_x.get() + x_off, m, k, d_w.get(), n, d_y.get() + y_off, beta, nullptr);
+          sync("linear");
+          check_close(download(d_y.get() + y_off, ref.size()), ref, 1e-5, what);
+          // The same shape and alignments again: the kept plan, the same result.
+          if (beta == 0.0f) {
+            CHECK(gemm.plans() <= plans + 1);
+            const std::size_t kept = gemm.plans();
+            auto d_y2 = poisoned<float>(y0.size());
+            gemm.linear(d_x.get() + x_off, m, k, d_w.get(), n, d_y2.get() + y_off, 0.0f, nullptr);
+            sync("linear again");
+            CHECK(gemm.plans() == kept);
+            check_equal(download(d_y2.get() + y_off, ref.size()), download(d_y.get() + y_off, ref.size()),
+                        what + " again");
+          }
+        }
+      }
+    }
+  }
+  // m = 0 is a no-op; other sizes outside [1, INT_MAX] are refused.
+  const auto d = poisoned<T>(64);
+  auto d_y = poisoned<float>(64);
+  gemm.linear(d.get(), 0, 8, d.get(), 8, d_y.get(), 0.0f, nullptr);
+  for (const auto& [m, k, n] : {std::tuple<i64, i64, i64>{-1, 8, 8}, {1, 0, 8}, {1, 8, i64{1} << 32}}) {
+    INFO("m " << m << " k " << k << " n " << n);
+    try {
+      gemm.linear(d.get(), m, k, d.get(), n, d_y.get(), 0.0f, nullptr);
+      FAIL("no error");
+    } catch (const chunkwise::Error& e) {
+      CHECK(e.code() == chunkwise::ErrorCode::kInvalidArgument);
+    }
+  }
 }
