@@ -38,6 +38,7 @@
 #include <cstring>
 #include <limits>
 #include <list>
+#include <numeric>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -390,13 +391,16 @@ struct CudaBackend::Impl {
   // After the step's synchronisation: one record() per qualifying chunk and layer.
   void report_device_masks(const ForwardBatch& b);
 
-  // At a selective recompute's check layer, before the KV write: every row's key deviation comes
-  // to the host (one synchronisation); returns the rows to keep, and fills the report.
+  // At a selective recompute's check layer (each stage of a gradual filtering), before the KV
+  // write: the running rows' key deviations come to the host (one synchronisation); returns the
+  // batch rows to keep, and fills the report. running: the batch rows `all` holds, ascending.
   template <class E>
-  std::vector<std::int32_t> select_rows(Storage<E>& s, const ForwardBatch& b, int l, const StepRows& all);
-  // After the check layer: moves the kept rows of x to the front, uploads their metadata and
-  // re-plans attention for them (the same sequence: all kv_len keys, causal by each row's position).
-  StepRows narrow(const ForwardBatch& b, const std::vector<std::int32_t>& keep, const StepRows& all);
+  std::vector<std::int32_t> select_rows(Storage<E>& s, const ForwardBatch& b, int l, const StepRows& all,
+                                        const std::vector<std::int32_t>& running);
+  // After a check layer: moves the kept rows of x to the front, uploads their metadata and re-plans
+  // attention for them (the same sequence: all kv_len keys, causal by each row's position).
+  StepRows narrow(const ForwardBatch& b, const std::vector<std::int32_t>& keep,
+                  const std::vector<std::int32_t>& running, const StepRows& all);
 
   // Uploads the slots of a chunk placement and the rotation by delta positions (null for 0).
   std::pair<const std::int64_t*, const double*> upload_placement(std::span<const std::int64_t> slots,
@@ -474,9 +478,15 @@ CudaBackend::~CudaBackend() = default;
 CudaBackend::CudaBackend(CudaBackend&&) noexcept = default;
 CudaBackend& CudaBackend::operator=(CudaBackend&&) noexcept = default;
 
-int CudaBackend::num_blocks() const { return impl_->num_blocks; }
-int CudaBackend::block_size() const { return impl_->block_size; }
-int CudaBackend::device() const { return impl_->device; }
+int CudaBackend::num_blocks() const {
+  return impl_->num_blocks;
+}
+int CudaBackend::block_size() const {
+  return impl_->block_size;
+}
+int CudaBackend::device() const {
+  return impl_->device;
+}
 DType CudaBackend::dtype() const {
   return impl_->dtype;
 }
@@ -710,9 +720,10 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
   validate(b, logits_size, c.vocab, num_blocks, block_size);
   const SelectiveRecompute* recompute = b.recompute;
   if (recompute != nullptr) {
-    check(recompute->check_layer < c.n_layers, ErrorCode::kInvalidArgument,
+    check(recompute->last_check_layer() < c.n_layers, ErrorCode::kInvalidArgument,
           "forward batch: selective recompute: check_layer " + std::to_string(recompute->check_layer) +
-              " must be below the model's " + std::to_string(c.n_layers) + " layers");
+              " and " + std::to_string(recompute->gradual.size()) +
+              " gradual stages must end below the model's " + std::to_string(c.n_layers) + " layers");
   }
   for (const TokenId t : b.tokens)
     check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange,
@@ -731,8 +742,9 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
 
   MetadataPack pack;
   const std::size_t o_tokens = pack.add(b.tokens), o_pos = pack.add(b.positions), o_slots = pack.add(b.slots),
-                    o_qs = pack.add(b.query_start), o_ps = pack.add(b.page_start), o_pages = pack.add(b.pages),
-                    o_kvlen = pack.add(b.kv_len), o_logit_rows = pack.add(b.logit_rows);
+                    o_qs = pack.add(b.query_start), o_ps = pack.add(b.page_start),
+                    o_pages = pack.add(b.pages), o_kvlen = pack.add(b.kv_len),
+                    o_logit_rows = pack.add(b.logit_rows);
   std::vector<std::size_t> extra_offsets;
   for (const auto& e : extra) extra_offsets.push_back(pack.add(e));
   pack.upload(staging, metadata, st);
@@ -755,6 +767,12 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
                                static_cast<int>(r.rows)};
   attention.plan(b.query_start, b.page_start, b.kv_len, b.positions, c.n_heads, c.n_kv_heads, c.head_dim,
                  block_size, st, sparse_tile);
+  // A selective recompute's running rows (batch rows, ascending): all until a selection narrows them.
+  std::vector<std::int32_t> running;
+  if (recompute != nullptr) {
+    running.resize(static_cast<std::size_t>(r.rows));
+    std::iota(running.begin(), running.end(), 0);
+  }
 
   // validate() has checked the ids on the host; the kernel's own guard only keeps a corrupted
   // upload from reading out of bounds, so its flag is not asked for.
@@ -765,10 +783,11 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
     const std::int64_t T = r.rows;
     add_rms_norm(x.get(), nullptr, L.attn_norm.get(), T, H, c.rms_eps, s.h.get(), st);
     gemm.linear(s.h.get(), T, H, L.wqkv.get(), QKV, qkv.get(), 0.0f, st);
-    // At the check layer the loaded keys are still in the cache: measure, then overwrite them.
-    const bool check_layer = recompute != nullptr && l == recompute->check_layer;
+    // At a check layer the loaded keys are still in the cache: measure, then overwrite them.
+    const bool check_layer =
+        recompute != nullptr && l >= recompute->check_layer && l <= recompute->last_check_layer();
     std::vector<std::int32_t> keep;
-    if (check_layer) keep = select_rows(s, b, l, r);
+    if (check_layer) keep = select_rows(s, b, l, r, running);
     rope_write_kv(qkv.get(), T, c.n_heads, c.n_kv_heads, c.head_dim, r.positions, inv_freq.get(), r.slots,
                   s.q.get(), k_cache(s, l), v_cache(s, l), block_size, st);
     const BasicPagedKvView<E> cache{k_cache(s, l), v_cache(s, l), block_size, c.n_kv_heads, c.head_dim};
@@ -784,7 +803,10 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
     swiglu(gate_up.get(), T, F, s.act.get(), st);
     gemm.linear(s.act.get(), T, F, L.w_down.get(), H, x.get(), 1.0f, st);  // += residual
     // Keeping every row (all ratios 1) changes nothing: the same launches as a full prefill.
-    if (check_layer && static_cast<std::int64_t>(keep.size()) < T) r = narrow(b, keep, r);
+    if (check_layer && static_cast<std::int64_t>(keep.size()) < T) {
+      r = narrow(b, keep, running, r);
+      running = std::move(keep);
+    }
   }
   if (device_sparse && index_builder.counts_size() > 0)
     check_cuda(
@@ -801,7 +823,8 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
 
 template <class E>
 std::vector<std::int32_t> CudaBackend::Impl::select_rows(Storage<E>& s, const ForwardBatch& b, int l,
-                                                         const StepRows& all) {
+                                                         const StepRows& all,
+                                                         const std::vector<std::int32_t>& running) {
   const ModelConfig& c = model->config();
   const SelectiveRecompute& r = *b.recompute;
   const auto n = static_cast<std::size_t>(all.rows);
@@ -812,24 +835,39 @@ std::vector<std::int32_t> CudaBackend::Impl::select_rows(Storage<E>& s, const Fo
   check_cuda(cudaMemcpyAsync(host, deviation.get(), n * sizeof(float), cudaMemcpyDeviceToHost, stream),
              "download key deviations");
   check_cuda(cudaStreamSynchronize(stream), "selective recompute: key deviations");
-  // Rows outside every chunk have no loaded key: 0, as on the CPU.
-  std::vector<float> d(n, 0.0f);
-  for (const auto& chunk : r.chunks) std::copy(host + chunk.begin, host + chunk.end, d.begin() + chunk.begin);
-  std::vector<std::int32_t> keep = select_recompute_rows(r, d);
-  if (r.report != nullptr) fill_recompute_report(r, std::move(d), keep);
+  // Per batch row, as on the CPU: rows outside every chunk have no loaded key (0), chunk rows an
+  // earlier stage dropped -inf.
+  std::vector<float> d(b.tokens.size(), 0.0f);
+  for (const auto& chunk : r.chunks)
+    std::fill(d.begin() + chunk.begin, d.begin() + chunk.end, -std::numeric_limits<float>::infinity());
+  for (std::size_t i = 0; i < n; ++i) {
+    float& out = d[static_cast<std::size_t>(running[i])];
+    if (out != 0.0f) out = host[i];
+  }
+  const auto stage = static_cast<std::size_t>(l - r.check_layer);
+  std::vector<std::int32_t> keep = select_recompute_rows(r, d, stage);
+  if (r.report != nullptr) {
+    if (stage == 0)
+      fill_recompute_report(r, std::move(d), keep);
+    else
+      r.report->rows = keep;
+  }
   return keep;
 }
 
 CudaBackend::Impl::StepRows CudaBackend::Impl::narrow(const ForwardBatch& b,
                                                       const std::vector<std::int32_t>& keep,
+                                                      const std::vector<std::int32_t>& running,
                                                       const StepRows& all) {
   const ModelConfig& c = model->config();
   const auto n = static_cast<std::int32_t>(keep.size());
-  std::vector<std::int32_t> positions, logit_rows;
+  std::vector<std::int32_t> positions, logit_rows, gather;  // gather: the kept rows' places in x
   std::vector<std::int64_t> slots;
   for (const std::int32_t row : keep) {
     positions.push_back(b.positions[static_cast<std::size_t>(row)]);
     slots.push_back(b.slots[static_cast<std::size_t>(row)]);
+    gather.push_back(
+        static_cast<std::int32_t>(std::lower_bound(running.begin(), running.end(), row) - running.begin()));
   }
   // validate() made every logit row an always row, and always rows are all kept.
   for (const std::int32_t row : b.logit_rows)
@@ -837,7 +875,7 @@ CudaBackend::Impl::StepRows CudaBackend::Impl::narrow(const ForwardBatch& b,
         static_cast<std::int32_t>(std::lower_bound(keep.begin(), keep.end(), row) - keep.begin()));
   const std::vector<std::int32_t> query_start{0, n};
   MetadataPack pack;
-  const std::size_t o_keep = pack.add(keep), o_pos = pack.add(positions), o_slots = pack.add(slots),
+  const std::size_t o_keep = pack.add(gather), o_pos = pack.add(positions), o_slots = pack.add(slots),
                     o_qs = pack.add(query_start), o_logit_rows = pack.add(logit_rows);
   pack.upload(narrow_staging, narrow_metadata, stream);
   auto dev = [&](std::size_t off) { return narrow_metadata.get() + off; };
@@ -867,13 +905,15 @@ void CudaBackend::forward(const ForwardBatch& b, std::span<float> out) {
   m.run(b, out.size(), {});
   const std::size_t n = b.logit_rows.size() * static_cast<std::size_t>(m.model->config().vocab);
   if (n > 0)
-    check_cuda(cudaMemcpyAsync(out.data(), m.logits.get(), n * sizeof(float), cudaMemcpyDeviceToHost, m.stream),
-               "download logits");
+    check_cuda(
+        cudaMemcpyAsync(out.data(), m.logits.get(), n * sizeof(float), cudaMemcpyDeviceToHost, m.stream),
+        "download logits");
   check_cuda(cudaStreamSynchronize(m.stream), "forward");
   m.report_device_masks(b);
 }
 
-void CudaBackend::forward_sample(const ForwardBatch& b, std::span<const SampleRow> rows, std::span<TokenId> out) {
+void CudaBackend::forward_sample(const ForwardBatch& b, std::span<const SampleRow> rows,
+                                 std::span<TokenId> out) {
   Impl& m = *impl_;
   const int vocab = m.model->config().vocab;
   check(rows.size() == b.logit_rows.size() && out.size() == rows.size(), ErrorCode::kInvalidArgument,
@@ -893,15 +933,17 @@ void CudaBackend::forward_sample(const ForwardBatch& b, std::span<const SampleRo
     sample_tokens(m.logits.get(), static_cast<std::int64_t>(rows.size()), vocab,
                   reinterpret_cast<const DeviceSampleRow*>(m.metadata.get() + off[0]), m.tokens.get(),
                   m.sample_ws.get(), ws, m.stream);
-    check_cuda(cudaMemcpyAsync(out.data(), m.tokens.get(), rows.size() * sizeof(TokenId), cudaMemcpyDeviceToHost,
-                               m.stream),
+    check_cuda(cudaMemcpyAsync(out.data(), m.tokens.get(), rows.size() * sizeof(TokenId),
+                               cudaMemcpyDeviceToHost, m.stream),
                "download tokens");
   }
   check_cuda(cudaStreamSynchronize(m.stream), "forward");
   m.report_device_masks(b);
 }
 
-const Model& CudaBackend::model() const { return *impl_->model; }
+const Model& CudaBackend::model() const {
+  return *impl_->model;
+}
 
 void CudaBackend::copy_block(BlockId src, BlockId dst) {
   Impl& m = *impl_;

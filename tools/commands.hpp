@@ -28,7 +28,7 @@ SessionConfig session_config_from_args(const Args& args);
 // on the CPU.
 std::shared_ptr<const BackendProvider> backend_from_args(const Args& args);
 
-// Chunk reuse for requests in segments: --reuse prefix|full|blend|adaptive-blend, --recompute-ratio R,
+// Chunk reuse for requests in segments: --reuse prefix|full|blend|blend-gradual|adaptive-blend, --recompute-ratio R,
 // --chunk-store DIR (the disk tier, kept across runs), --chunk-store-mb N (host RAM),
 // --chunk-disk-mb N, --chunk-device-mb N (the GPU tier), --fill-chunk-store on|off.
 inline const std::set<std::string> kReuseOptions = {"reuse",           "recompute-ratio", "chunk-store",

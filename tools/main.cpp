@@ -44,7 +44,7 @@ commands:
           (quality and time to first token of chunk reuse on RAG prompts, against a full prefill)
 
 chunk reuse (run, batch; prompts given in segments: --segment, or "segments" in a workload):
-  --reuse prefix|full|blend|adaptive-blend   (default prefix: no chunk reuse)
+  --reuse prefix|full|blend|blend-gradual|adaptive-blend   (default prefix: no chunk reuse)
   --recompute-ratio R   share of each reused chunk recomputed (blend, adaptive-blend; default 0.15)
   --chunk-store DIR     disk tier of the chunk store, kept across runs (default: RAM only)
   --chunk-store-mb N    host RAM tier (default 1024)     --chunk-disk-mb N   disk tier (default 8192)
@@ -133,7 +133,7 @@ void reuse_config_from_args(const Args& args, EngineConfig& c) {
                              args.get("chunk-disk-mb") || args.get("chunk-device-mb") ||
                              args.get("fill-chunk-store");
   check(c.reuse != "prefix" || !store_options, ErrorCode::kInvalidArgument,
-        "the chunk-store options need --reuse full, blend or adaptive-blend");
+        "the chunk-store options need --reuse full, blend, blend-gradual or adaptive-blend");
 }
 
 void print_reuse_stats(const Engine& engine) {

@@ -2,6 +2,7 @@
 #include "chunkwise/backend/forward_batch.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,12 @@ void validate_recompute(const SelectiveRecompute& r, const ForwardBatch& b) {
   if (b.num_seqs() != 1) bad("selective recompute needs a batch of exactly one sequence");
   if (r.check_layer < 0) bad("selective recompute: check_layer must be >= 0");
   if (r.min_tokens < 0) bad("selective recompute: min_tokens must be >= 0");
+  for (std::size_t s = 0; s < r.gradual.size(); ++s) {
+    const double g = r.gradual[s];
+    // !(g >= 1) also refuses NaN.
+    if (!(g >= 1.0) || !std::isfinite(g) || (s > 0 && g > r.gradual[s - 1]))
+      bad("selective recompute: gradual multiples must be finite, >= 1 and not increasing");
+  }
   const auto rows = static_cast<std::int32_t>(b.rows());
   // Chunks and always ranges must tile the rows exactly: sorted by begin, each starts where the
   // previous ended. always[i] is tagged -1 - i to tell it from chunk i in the messages.

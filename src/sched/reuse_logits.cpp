@@ -72,8 +72,8 @@ ReuseLogits reuse_logits(AnyBackend& backend, const ModelConfig& c, const Prompt
   SelectiveRecompute recompute;
   SelectiveRecomputeReport report;
   if (!loaded.empty()) {
-    recompute =
-        to_selective_recompute(make_reuse_plan(layout, loaded, plan.check_layer, plan.min_tokens), 0, n);
+    recompute = to_selective_recompute(
+        make_reuse_plan(layout, loaded, plan.check_layer, plan.min_tokens, plan.gradual), 0, n);
     recompute.report = &report;
     prompt.recompute = &recompute;
   }

@@ -439,6 +439,45 @@ TEST_CASE("GPU selective forward matches the CPU backend's and keeps the loaded 
   }
 }
 
+TEST_CASE("GPU gradual filtering matches the CPU backend's", "[cuda][reuse]") {
+  std::mt19937 rng(27);
+  const int layers = 4;
+  const auto model = gpu_model(rng, layers);
+  const Prompt p(model, rng);
+  CpuBackend cpu(model, kBlocks, kBlock);
+  SelectiveRecompute rc = Prompt::recompute(0.15, 16, 1);
+  rc.gradual = {2.0};
+  SelectiveRecomputeReport cpu_report;
+  const std::vector<float> cpu_sel = selective_logits(cpu, p, rc, cpu_report);
+  // Stage 0 keeps ceil(0.3 * 96) = 29 rows of each chunk, the final stage 15 of those.
+  REQUIRE(cpu_report.rows.size() == 2 * 15 + 32);
+  for (const cuda::DType dtype : {cuda::DType::kBF16, cuda::DType::kF16}) {
+    const std::string name(cuda::to_string(dtype));
+    CAPTURE(name);
+    cuda::CudaBackend gpu(model, kBlocks, kBlock, 0, dtype);
+    SelectiveRecompute rg = Prompt::recompute(0.15, 16, 1);
+    rg.gradual = {2.0};
+    SelectiveRecomputeReport report;
+    const std::vector<float> gpu_sel = selective_logits(gpu, p, rg, report);
+    CHECK(report.rows.size() == cpu_report.rows.size());
+    std::vector<std::int32_t> common;
+    std::ranges::set_intersection(report.rows, cpu_report.rows, std::back_inserter(common));
+    const cuda_test::Agreement a = cuda_test::compare(cpu_sel, gpu_sel, kVocab);
+    std::printf("gradual {2}, %s: %zu rows (%zu as on the CPU); vs CPU top-1 %.3f, KL %.2e\n", name.c_str(),
+                report.rows.size(), common.size(), a.top1, a.mean_kl);
+    // The rows may differ where two deviations are within rounding (at either stage): the logits say
+    // whether that matters.
+    CHECK(a.top1 >= 0.95);
+    CHECK(a.mean_kl < (dtype == cuda::DType::kBF16 ? 0.01 : 2e-3));
+  }
+  // Stages past the last layer are refused.
+  cuda::CudaBackend gpu(model, kBlocks, kBlock);
+  SelectiveRecompute bad = Prompt::recompute(0.15, 16, 1);
+  bad.gradual = {2.0, 2.0, 2.0};
+  SelectiveRecomputeReport unused;
+  CHECK(error_code([&] { (void)selective_logits(gpu, p, bad, unused); }) == ErrorCode::kInvalidArgument);
+}
+
 TEST_CASE("GPU selective forward down to one row, forward_sample, and a bad check layer", "[cuda][reuse]") {
   std::mt19937 rng(25);
   const int layers = 3;

@@ -4,6 +4,7 @@
 // validation), bad parameters and the registry.
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <span>
@@ -233,7 +234,7 @@ TEST_CASE("blend reuse: LMCache defaults, stored chunks only, ratio 1 is a full 
     CHECK(rows == all);
   }
   SECTION("ratio 0.25 without the min-tokens floor recomputes a quarter of each chunk") {
-    const ReusePlan q = BlendReuse(BlendReuse::Params{0.25, 0, 1}).plan(f.layout, f.store);
+    const ReusePlan q = BlendReuse(BlendReuse::Params{0.25, 0, 1, {}}).plan(f.layout, f.store);
     CHECK(recompute_quotas(checked_recompute(q, f.layout, 0, 112)) == std::vector<std::int32_t>{8, 8});
   }
 }
@@ -307,8 +308,8 @@ TEST_CASE("adaptive blend reuse: ratio from predicted deviation, same mean, skip
 }
 
 TEST_CASE("bad reuse parameters and plans are typed errors", "[reuse]") {
-  auto blend = [](double ratio, std::int32_t min_tokens, int check_layer) {
-    return error_code([&] { BlendReuse(BlendReuse::Params{ratio, min_tokens, check_layer}); });
+  auto blend = [](double ratio, std::int32_t min_tokens, int check_layer, std::vector<double> gradual = {}) {
+    return error_code([&] { BlendReuse(BlendReuse::Params{ratio, min_tokens, check_layer, gradual}); });
   };
   CHECK(blend(0.15, 256, 1) == std::nullopt);
   CHECK(blend(-0.1, 256, 1) == ErrorCode::kInvalidArgument);
@@ -316,6 +317,11 @@ TEST_CASE("bad reuse parameters and plans are typed errors", "[reuse]") {
   CHECK(blend(std::nan(""), 256, 1) == ErrorCode::kInvalidArgument);
   CHECK(blend(0.15, -1, 1) == ErrorCode::kInvalidArgument);
   CHECK(blend(0.15, 256, -1) == ErrorCode::kInvalidArgument);
+  CHECK(blend(0.15, 256, 1, {3.0, 2.0, 2.0}) == std::nullopt);
+  CHECK(blend(0.15, 256, 1, {0.5}) == ErrorCode::kInvalidArgument);
+  CHECK(blend(0.15, 256, 1, {2.0, 3.0}) == ErrorCode::kInvalidArgument);
+  CHECK(blend(0.15, 256, 1, {std::nan("")}) == ErrorCode::kInvalidArgument);
+  CHECK(blend(0.15, 256, 1, {std::numeric_limits<double>::infinity()}) == ErrorCode::kInvalidArgument);
 
   auto adaptive = [](auto change) {
     AdaptiveBlendReuse::Params p;
@@ -355,7 +361,8 @@ TEST_CASE("bad reuse parameters and plans are typed errors", "[reuse]") {
 
 TEST_CASE("reuse policies by name", "[reuse]") {
   const Fixture f;
-  CHECK(reuse_policies() == std::vector<std::string>{"prefix", "full", "blend", "adaptive-blend"});
+  CHECK(reuse_policies() ==
+        std::vector<std::string>{"prefix", "full", "blend", "blend-gradual", "adaptive-blend"});
   for (const auto& name : reuse_policies()) {
     AnyReusePolicy p = make_reuse_policy(name);
     CHECK(p.name() == name);
@@ -365,6 +372,11 @@ TEST_CASE("reuse policies by name", "[reuse]") {
   CHECK(make_reuse_policy("full").plan(f.layout, f.store).load[0].ratio == 0.0);
   CHECK(make_reuse_policy("blend", 0.3).plan(f.layout, f.store).load[1].ratio == 0.3);
   CHECK(make_reuse_policy("blend").plan(f.layout, f.store).load[1].ratio == 0.15);
+  CHECK(make_reuse_policy("blend").plan(f.layout, f.store).gradual.empty());
+  const ReusePlan g = make_reuse_policy("blend-gradual", 0.2).plan(f.layout, f.store);
+  CHECK(g.load[1].ratio == 0.2);
+  CHECK(g.gradual == std::vector<double>{2.0});
+  CHECK(to_selective_recompute(g, 0, g.rows()).gradual == std::vector<double>{2.0});
   const ReusePlan a = make_reuse_policy("adaptive-blend", 1.0).plan(f.layout, f.store);
   CHECK(a.load[0].ratio == 1.0);
 

@@ -98,6 +98,22 @@ std::unique_ptr<CpuBackend> with_chunks_loaded(const std::shared_ptr<const Model
   return target;
 }
 
+// A 4-layer tiny model, a random prompt, its plain prefill batch and that batch's logits.
+struct FullPrefill {
+  std::shared_ptr<const Model> model;
+  Prompt p;
+  ForwardBatch plain;
+  std::vector<float> full = std::vector<float>(40);
+
+  explicit FullPrefill(unsigned seed) {
+    std::mt19937 rng(seed);
+    model = test::tiny_model(rng, 4);
+    p = random_prompt(rng);
+    plain = prefill(p.tokens, 0);
+    CpuBackend(model, 8, kBlock).forward(plain, full);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("recompute quotas: ceil of the ratio per chunk, raised evenly up to min_tokens", "[reuse]") {
@@ -135,6 +151,33 @@ TEST_CASE("recompute rows: the highest deviations of each chunk, then the always
   CHECK(select_recompute_rows(r, dev) == std::vector<std::int32_t>{0, 1, 3, 5, 8, 10, 11});
   r.chunks[0].ratio = r.chunks[1].ratio = 1.0;
   CHECK(select_recompute_rows(r, dev).size() == 12);
+}
+
+TEST_CASE("gradual filtering: stage quotas from multiples of the ratio, choices among running rows",
+          "[reuse]") {
+  SelectiveRecompute r;
+  r.min_tokens = 0;
+  r.chunks = {{0, 100, 0.1}, {100, 400, 0.4}};
+  r.gradual = {3.0, 2.0};
+  CHECK(r.last_check_layer() == r.check_layer + 2);
+  CHECK(recompute_quotas(r, 0) == std::vector<std::int32_t>{30, 300});  // 0.3, min(1, 1.2)
+  CHECK(recompute_quotas(r, 1) == std::vector<std::int32_t>{20, 240});
+  CHECK(recompute_quotas(r, 2) == std::vector<std::int32_t>{10, 120});
+  CHECK(recompute_quotas(r) == recompute_quotas(r, 2));
+  r.min_tokens = 200;  // every stage is raised to at least 200 rows
+  CHECK(recompute_quotas(r, 2)[0] + recompute_quotas(r, 2)[1] >= 200);
+
+  // -inf marks rows an earlier stage dropped: never chosen, and a chunk keeps at most what it has.
+  SelectiveRecompute g;
+  g.min_tokens = 0;
+  g.always = {{6, 7}};
+  g.chunks = {{0, 6, 1.0}};
+  constexpr float kOut = -std::numeric_limits<float>::infinity();
+  //                             0     1  2  3     4  5  6
+  const std::vector<float> dev = {kOut, 9, 1, kOut, 5, 2, 0};
+  CHECK(select_recompute_rows(g, dev) == std::vector<std::int32_t>{1, 2, 4, 5, 6});
+  g.chunks[0].ratio = 0.5;
+  CHECK(select_recompute_rows(g, dev) == std::vector<std::int32_t>{1, 4, 5, 6});
 }
 
 TEST_CASE("rotate_keys moves a rotated key to another position, with and without Llama-3 scaling",
@@ -240,18 +283,17 @@ TEST_CASE("chunk KV goes out of the cache and back in bit for bit; bad shapes ar
 }
 
 TEST_CASE("a selective forward at ratio 1 is the full prefill, bit for bit", "[reuse]") {
-  std::mt19937 rng(3);
-  const auto model = test::tiny_model(rng, 4);
-  const Prompt p = random_prompt(rng);
-  const ForwardBatch plain = prefill(p.tokens, 0);
-  std::vector<float> full(40), again(40);
-  CpuBackend(model, 8, kBlock).forward(plain, full);
+  const FullPrefill f(3);
+  const auto& [model, p, plain, full] = f;
+  std::vector<float> again(40);
+  // Also with a gradual stage: multiples that keep every row at every stage change nothing.
   for (const auto& [ratio, min_tokens] : {std::pair{1.0, 0}, std::pair{0.0, 1000}}) {
-    for (const int check_layer : {0, 1, 3}) {
-      CAPTURE(ratio, min_tokens, check_layer);
+    for (const auto& [check_layer, stages] : {std::pair{0, 0}, {1, 0}, {3, 0}, {0, 2}, {1, 1}}) {
+      CAPTURE(ratio, min_tokens, check_layer, stages);
       auto backend = with_chunks_loaded(model, p);
       SelectiveRecompute r = recompute_for(ratio, min_tokens);
       r.check_layer = check_layer;
+      r.gradual.assign(static_cast<std::size_t>(stages), 1.0);
       SelectiveRecomputeReport report;
       r.report = &report;
       ForwardBatch b = plain;
@@ -264,6 +306,51 @@ TEST_CASE("a selective forward at ratio 1 is the full prefill, bit for bit", "[r
       CHECK(report.chunk_deviation[0] > 0);
     }
   }
+}
+
+TEST_CASE("gradual filtering: each stage keeps the highest deviations among the rows still running",
+          "[reuse]") {
+  const FullPrefill f(6);
+  const auto& [model, p, plain, full] = f;
+  std::vector<float> logits(40);
+
+  // Stage 0 at layer 1 keeps 2 x 0.25 = 16 rows of each chunk, stage 1 at layer 2 keeps 8 of those.
+  auto backend = with_chunks_loaded(model, p);
+  const auto all_slots = slots_of(0, Prompt::kRows);
+  const ChunkKv loaded = backend->read_chunk_kv(p.tokens, 0, all_slots);
+  SelectiveRecompute r = recompute_for(0.25);
+  r.gradual = {2.0};
+  SelectiveRecomputeReport report;
+  r.report = &report;
+  ForwardBatch b = plain;
+  b.recompute = &r;
+  backend->forward(b, logits);
+  const ChunkKv after = backend->read_chunk_kv(p.tokens, 0, all_slots);
+  REQUIRE(report.rows.size() == 2 * 8 + 16);  // the final stage's rows
+  // The stage-0 survivors of each chunk: its 16 highest layer-1 deviations (report.row_deviation).
+  std::vector<std::int32_t> stage0;
+  for (int c = 0; c < 2; ++c) {
+    std::vector<std::int32_t> rows(Prompt::kChunk);
+    std::iota(rows.begin(), rows.end(), Prompt::kSystem + c * Prompt::kChunk);
+    std::ranges::stable_sort(rows, [&](std::int32_t x, std::int32_t y) {
+      return report.row_deviation[std::size_t(x)] > report.row_deviation[std::size_t(y)];
+    });
+    stage0.insert(stage0.end(), rows.begin(), rows.begin() + 16);
+  }
+  std::ranges::sort(stage0);
+  const int dim = 32;
+  auto row_of = [&](std::span<const float> layer, int j) { return layer.subspan(std::size_t(j) * dim, dim); };
+  for (int j = Prompt::kSystem; j < Prompt::kRows - Prompt::kQuestion; ++j) {
+    CAPTURE(j);
+    const bool in_stage0 = std::ranges::binary_search(stage0, j);
+    const bool in_final = std::ranges::binary_search(report.rows, j);
+    CHECK((!in_final || in_stage0));  // the final rows are chosen among stage 0's
+    // Layer 2 (stage 1's check layer) has fresh KV exactly for stage 0's rows; layer 3 for the final ones.
+    CHECK(std::ranges::equal(row_of(after.k(2), j), row_of(loaded.k(2), j)) == !in_stage0);
+    CHECK(std::ranges::equal(row_of(after.k(3), j), row_of(loaded.k(3), j)) == !in_final);
+  }
+  CHECK(std::ranges::all_of(logits, [](float x) { return std::isfinite(x); }));
+  CHECK(logits != full);
 }
 
 TEST_CASE("a selective forward keeps the loaded KV of the rows it does not recompute", "[reuse]") {
@@ -355,6 +442,11 @@ TEST_CASE("a malformed SelectiveRecompute is refused", "[reuse]") {
   CHECK(with([](auto& r) { r.check_layer = -1; }) == kBad);
   CHECK(with([](auto& r) { r.check_layer = 4; }) == kBad);  // the model has 4 layers
   CHECK(with([](auto& r) { r.min_tokens = -1; }) == kBad);
+  CHECK(with([](auto& r) { r.gradual = {2.0, 2.0}; }) == std::nullopt);  // stages at layers 1, 2, 3
+  CHECK(with([](auto& r) { r.gradual = {2.0, 2.0, 2.0}; }) == kBad);     // a stage at layer 4
+  CHECK(with([](auto& r) { r.gradual = {0.9}; }) == kBad);
+  CHECK(with([](auto& r) { r.gradual = {2.0, 3.0}; }) == kBad);
+  CHECK(with([](auto& r) { r.gradual = {std::nan("")}; }) == kBad);
 
   ForwardBatch b = plain;
   b.logit_rows = {Prompt::kSystem + 3};  // a chunk row: it may not run to the last layer

@@ -310,6 +310,16 @@ TEST_CASE("reuse_logits follows the session's path: ratio 1 is the full prefill,
 
   AnyReusePolicy prefix = make_reuse_policy("prefix");
   CHECK(test::max_abs_diff(reuse_logits(model(), layout, prefix, *store, answer, 4).logits, want) < 1e-4);
+
+  // Gradual filtering reaches the backend: at ratio 1 every stage keeps every row (the full
+  // prefill), and more stages than the model has layers are refused there.
+  AnyReusePolicy gradual = make_reuse_policy("blend-gradual", 1.0);
+  CHECK(test::max_abs_diff(reuse_logits(model(), layout, gradual, *store, answer, 4).logits, want) < 1e-4);
+  BlendReuse::Params deep;
+  deep.gradual.assign(static_cast<std::size_t>(model()->config().n_layers), 1.0);
+  AnyReusePolicy too_deep(BlendReuse(deep), "too-deep");
+  CHECK(error_code([&] { (void)reuse_logits(model(), layout, too_deep, *store, answer, 4); }) ==
+        ErrorCode::kInvalidArgument);
 }
 
 TEST_CASE("chunks are stored as prefilled after the chunk context", "[reuse][session]") {

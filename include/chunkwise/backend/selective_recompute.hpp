@@ -17,12 +17,21 @@
 // Every chunk at ratio 1 is a full prefill (bitwise the same logits); ratio 0 everywhere with
 // min_tokens 0 reuses all chunk KV from layer check_layer + 1 on.
 //
+// Gradual filtering (the CacheBlend paper's, where its prototype and LMCache check once): with
+// gradual = {g_0, ..., g_{G-1}}, the selection above happens at layers check_layer, ...,
+// check_layer + G, each among the rows the previous one kept: at check_layer + s (s < G) each chunk
+// keeps ceil(min(1, g_s * ratio) * rows) of its rows, at check_layer + G its final ceil(ratio * rows)
+// (min_tokens raising every stage alike). A row whose deviation is small at one layer is unlikely to
+// be large at the next (the paper's observation), so later stages choose among fewer candidates with
+// a deviation measured deeper in the model.
+//
 // Contract (validate(ForwardBatch) throws Error(kInvalidArgument) otherwise): the batch holds one
 // sequence; every row lies in exactly one chunk or one always range (a row outside every chunk has
 // no loaded KV, so it must be recomputed); ranges are non-empty; ratios are in [0, 1];
 // min_tokens >= 0; 0 <= check_layer < n_layers (checked by the backend, which knows the model);
-// logit rows are always rows (the rows past check_layer are a subset the backend chooses); and
-// `sparse` is not set too (one batch is either sparse or selective).
+// logit rows are always rows (the rows past check_layer are a subset the backend chooses); gradual
+// multiples are finite, >= 1 and do not increase; and `sparse` is not set too (one batch is either
+// sparse or selective). The backend checks check_layer + gradual.size() < n_layers.
 #pragma once
 
 #include <algorithm>
@@ -65,7 +74,18 @@ struct SelectiveRecompute {
   // At least min(min_tokens, chunk rows) chunk rows are recomputed (LMCache's blend_min_tokens): on a
   // short prompt a small ratio would leave too few rows to repair the KV.
   std::int32_t min_tokens = 256;
+  // Gradual filtering: multiples of each chunk's ratio kept at the layers from check_layer on, before
+  // the final ratio at check_layer + gradual.size() (see above). Empty: one selection.
+  std::vector<double> gradual;
   SelectiveRecomputeReport* report = nullptr;  // filled by the forward when set
+
+  // The layer of selection stage s (0 .. gradual.size()), and the last one.
+  [[nodiscard]] int stage_layer(std::size_t s) const { return check_layer + static_cast<int>(s); }
+  [[nodiscard]] int last_check_layer() const { return stage_layer(gradual.size()); }
+  // The ratio chunk c keeps at stage s.
+  [[nodiscard]] double stage_ratio(const Chunk& c, std::size_t s) const {
+    return s < gradual.size() ? std::min(1.0, c.ratio * gradual[s]) : c.ratio;
+  }
 };
 
 // ceil(ratio * n) in [0, n]. The guard keeps products such as 0.15 * 200 = 30.000000000000004 at 30.
@@ -78,12 +98,13 @@ inline std::int32_t recompute_share(double ratio, std::int32_t n) {
 // that totals fewer than min(min_tokens, all chunk rows), every chunk's ratio raised by the same
 // smallest amount delta (capped at 1) that reaches it. The result may pass the target by a few rows
 // (one ceil per chunk).
-inline std::vector<std::int32_t> recompute_quotas(const SelectiveRecompute& r) {
+// At stage s of a gradual filtering (default: the final one), with the stage's ratios.
+inline std::vector<std::int32_t> recompute_quotas(const SelectiveRecompute& r, std::size_t stage) {
   auto quotas = [&](double delta) {
     std::vector<std::int32_t> q;
     q.reserve(r.chunks.size());
     for (const auto& c : r.chunks)
-      q.push_back(recompute_share(std::min(1.0, c.ratio + delta), c.end - c.begin));
+      q.push_back(recompute_share(std::min(1.0, r.stage_ratio(c, stage) + delta), c.end - c.begin));
     return q;
   };
   auto total = [](const std::vector<std::int32_t>& q) {
@@ -102,13 +123,19 @@ inline std::vector<std::int32_t> recompute_quotas(const SelectiveRecompute& r) {
   }
   return quotas(hi);
 }
+inline std::vector<std::int32_t> recompute_quotas(const SelectiveRecompute& r) {
+  return recompute_quotas(r, r.gradual.size());
+}
 
-// The rows a selective forward carries past check_layer, ascending: per chunk its quota of rows with
-// the highest deviation (ties to the earlier row; a NaN deviation counts as the highest), then every
-// always row. deviation has one entry per batch row.
+// The rows a selective forward carries past selection stage `stage` (default: the final one),
+// ascending: per chunk its quota of rows with the highest deviation (ties to the earlier row; a NaN
+// deviation counts as the highest), then every always row. deviation has one entry per batch row;
+// -inf marks a row an earlier stage dropped, which is never chosen (a chunk keeps at most the rows
+// it still has).
 inline std::vector<std::int32_t> select_recompute_rows(const SelectiveRecompute& r,
-                                                       std::span<const float> deviation) {
-  const std::vector<std::int32_t> quota = recompute_quotas(r);
+                                                       std::span<const float> deviation, std::size_t stage) {
+  const std::vector<std::int32_t> quota = recompute_quotas(r, stage);
+  constexpr float kDropped = -std::numeric_limits<float>::infinity();
   auto key = [&](std::int32_t j) {
     const float d = deviation[static_cast<std::size_t>(j)];
     return std::isnan(d) ? std::numeric_limits<float>::infinity() : d;
@@ -116,9 +143,11 @@ inline std::vector<std::int32_t> select_recompute_rows(const SelectiveRecompute&
   std::vector<std::int32_t> rows;
   std::vector<std::int32_t> candidates;
   for (std::size_t c = 0; c < r.chunks.size(); ++c) {
-    candidates.resize(static_cast<std::size_t>(r.chunks[c].end - r.chunks[c].begin));
-    std::iota(candidates.begin(), candidates.end(), r.chunks[c].begin);
-    const auto k = static_cast<std::ptrdiff_t>(quota[c]);
+    candidates.clear();
+    for (std::int32_t j = r.chunks[c].begin; j < r.chunks[c].end; ++j)
+      if (deviation[static_cast<std::size_t>(j)] != kDropped) candidates.push_back(j);
+    const auto k = static_cast<std::ptrdiff_t>(
+        std::min<std::size_t>(static_cast<std::size_t>(quota[c]), candidates.size()));
     std::partial_sort(
         candidates.begin(), candidates.begin() + k, candidates.end(),
         [&](std::int32_t a, std::int32_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); });
@@ -128,6 +157,10 @@ inline std::vector<std::int32_t> select_recompute_rows(const SelectiveRecompute&
     for (std::int32_t j = a.begin; j < a.end; ++j) rows.push_back(j);
   std::sort(rows.begin(), rows.end());
   return rows;
+}
+inline std::vector<std::int32_t> select_recompute_rows(const SelectiveRecompute& r,
+                                                       std::span<const float> deviation) {
+  return select_recompute_rows(r, deviation, r.gradual.size());
 }
 
 // For backends: r.report from the check layer's deviation (one entry per batch row) and the rows

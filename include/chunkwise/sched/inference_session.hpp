@@ -424,7 +424,8 @@ class InferenceSession {
       // Loaded KV is not a prefill's: it must never serve another prompt as a cached prefix.
       kv_.limit_indexing(s.id, loaded.front().begin);
       recompute_ = to_selective_recompute(
-          make_reuse_plan(s.layout, loaded, plan.check_layer, plan.min_tokens), begin, s.prompt_len);
+          make_reuse_plan(s.layout, loaded, plan.check_layer, plan.min_tokens, plan.gradual), begin,
+          s.prompt_len);
       recompute_.report = &recompute_report_;
       batch.recompute = &recompute_;
       int rows = 0;

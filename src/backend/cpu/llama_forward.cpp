@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <numeric>
 #include <span>
 #include <string>
 #include <vector>
@@ -63,23 +65,28 @@ void dense_run(const ForwardBatch& b, std::size_t s0, std::size_t s1, const cpu:
   cpu::paged_attention(q + q0 * row_floats, cache, ab, n_heads, scale, out + q0 * row_floats);
 }
 
-// d_j = sum over dims of (K_new[j] - K_old[j])^2 for every chunk row j of a selective batch: K_new the
-// check layer's fresh post-RoPE keys k_new [rows, kv_dim], K_old the loaded key still at the row's slot
-// in k_cache. Always rows have no loaded key and get 0.
-std::vector<float> key_deviation(const SelectiveRecompute& r, const float* k_new, const float* k_cache,
-                                 std::span<const std::int64_t> slots, std::int64_t kv_dim) {
-  std::vector<float> d(slots.size(), 0.0f);
-  for (const auto& c : r.chunks) {
-    for (std::int32_t j = c.begin; j < c.end; ++j) {
-      const float* fresh = k_new + static_cast<std::int64_t>(j) * kv_dim;
-      const float* loaded = k_cache + slots[static_cast<std::size_t>(j)] * kv_dim;
-      double sum = 0.0;
-      for (std::int64_t i = 0; i < kv_dim; ++i) {
-        const double e = static_cast<double>(fresh[i]) - loaded[i];
-        sum += e * e;
-      }
-      d[static_cast<std::size_t>(j)] = static_cast<float>(sum);
+// d_j = sum over dims of (K_new[j] - K_old[j])^2 for every chunk row j of a selective batch that still
+// runs: K_new the layer's fresh post-RoPE keys k_new [running rows, kv_dim] (running: the batch rows
+// `running`, ascending, in that order), K_old the loaded key still at the row's slot in k_cache. Always
+// rows have no loaded key and get 0; chunk rows an earlier stage dropped get -inf.
+std::vector<float> key_deviation(const SelectiveRecompute& r, std::span<const std::int32_t> running,
+                                 const float* k_new, const float* k_cache,
+                                 std::span<const std::int64_t> slots, std::int64_t kv_dim,
+                                 std::int64_t batch_rows) {
+  std::vector<float> d(static_cast<std::size_t>(batch_rows), 0.0f);
+  for (const auto& c : r.chunks)
+    std::fill(d.begin() + c.begin, d.begin() + c.end, -std::numeric_limits<float>::infinity());
+  for (std::size_t i = 0; i < running.size(); ++i) {
+    float& out = d[static_cast<std::size_t>(running[i])];
+    if (out == 0.0f) continue;  // an always row
+    const float* fresh = k_new + static_cast<std::int64_t>(i) * kv_dim;
+    const float* loaded = k_cache + slots[i] * kv_dim;
+    double sum = 0.0;
+    for (std::int64_t e = 0; e < kv_dim; ++e) {
+      const double diff = static_cast<double>(fresh[e]) - loaded[e];
+      sum += diff * diff;
     }
+    out = static_cast<float>(sum);
   }
   return d;
 }
@@ -92,16 +99,18 @@ struct NarrowedRows {
   std::vector<std::int32_t> logit_rows;  // the batch's logit rows, renumbered among the kept rows
 };
 
-// Keeps the batch rows `keep` (ascending) of the activations x [rows, dim] in place, moved to the
-// front, and returns their metadata.
-NarrowedRows narrow_rows(const ForwardBatch& b, std::span<const std::int32_t> keep, float* x,
-                         std::int64_t dim) {
+// Keeps the batch rows `keep` (ascending, a subset of `running`: the batch rows x [running rows,
+// dim] holds, in order) of the activations in place, moved to the front, and returns their metadata.
+NarrowedRows narrow_rows(const ForwardBatch& b, std::span<const std::int32_t> keep,
+                         std::span<const std::int32_t> running, float* x, std::int64_t dim) {
   NarrowedRows n;
   for (std::size_t i = 0; i < keep.size(); ++i) {
     const auto row = static_cast<std::size_t>(keep[i]);
-    // keep[i] >= i, so the source row is never one already overwritten.
-    if (row != i)
-      std::copy_n(x + static_cast<std::int64_t>(row) * dim, dim, x + static_cast<std::int64_t>(i) * dim);
+    const auto from =
+        static_cast<std::size_t>(std::lower_bound(running.begin(), running.end(), keep[i]) - running.begin());
+    // from >= i, so the source row is never one already overwritten.
+    if (from != i)
+      std::copy_n(x + static_cast<std::int64_t>(from) * dim, dim, x + static_cast<std::int64_t>(i) * dim);
     n.positions.push_back(b.positions[row]);
     n.slots.push_back(b.slots[row]);
   }
@@ -269,9 +278,10 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
   const ModelWeights& w = model_->weights();
   const SelectiveRecompute* recompute = b.recompute;
   if (recompute != nullptr) {
-    check(recompute->check_layer < c.n_layers, ErrorCode::kInvalidArgument,
+    check(recompute->last_check_layer() < c.n_layers, ErrorCode::kInvalidArgument,
           "forward batch: selective recompute: check_layer " + std::to_string(recompute->check_layer) +
-              " must be below the model's " + std::to_string(c.n_layers) + " layers");
+              " and " + std::to_string(recompute->gradual.size()) +
+              " gradual stages must end below the model's " + std::to_string(c.n_layers) + " layers");
   }
   std::int64_t T = b.rows();
   if (T == 0) return;
@@ -289,6 +299,12 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
   std::span<const std::int32_t> logit_rows = b.logit_rows;
   cpu::AttentionBatch ab{b.query_start, b.page_start, b.pages, b.kv_len, b.positions};
   NarrowedRows narrowed;
+  // A selective recompute's running rows: every batch row until a selection narrows them.
+  std::vector<std::int32_t> running;
+  if (recompute != nullptr) {
+    running.resize(static_cast<std::size_t>(T));
+    std::iota(running.begin(), running.end(), 0);
+  }
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
   for (int l = 0; l < c.n_layers; ++l) {
@@ -302,13 +318,21 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
     const cpu::PagedKv cache{k_cache_[static_cast<std::size_t>(l)].data(),
                              v_cache_[static_cast<std::size_t>(l)].data(), block_size_, c.n_kv_heads,
                              c.head_dim};
-    // At the check layer the loaded keys are still in the cache: measure, then overwrite them.
-    const bool check_layer = recompute != nullptr && l == recompute->check_layer;
+    // At a check layer the loaded keys are still in the cache: measure, then overwrite them.
+    const bool check_layer =
+        recompute != nullptr && l >= recompute->check_layer && l <= recompute->last_check_layer();
     std::vector<std::int32_t> keep;
     if (check_layer) {
-      std::vector<float> deviation = key_deviation(*recompute, k_.data(), cache.k, slots, KV);
-      keep = select_recompute_rows(*recompute, deviation);
-      if (recompute->report != nullptr) fill_recompute_report(*recompute, std::move(deviation), keep);
+      const auto stage = static_cast<std::size_t>(l - recompute->check_layer);
+      std::vector<float> deviation =
+          key_deviation(*recompute, running, k_.data(), cache.k, slots, KV, b.rows());
+      keep = select_recompute_rows(*recompute, deviation, stage);
+      if (recompute->report != nullptr) {
+        if (stage == 0)
+          fill_recompute_report(*recompute, std::move(deviation), keep);
+        else
+          recompute->report->rows = keep;
+      }
     }
     cpu::write_kv(cache, k_.data(), v_.data(), slots.data(), T);
     if (b.sparse == nullptr) {
@@ -328,8 +352,9 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
 
     // Keeping every row (all ratios 1) changes nothing: the same ops on the same rows as a full prefill.
     if (check_layer && static_cast<std::int64_t>(keep.size()) < T) {
-      narrowed = narrow_rows(b, keep, x_.data(), H);
-      T = static_cast<std::int64_t>(keep.size());
+      narrowed = narrow_rows(b, keep, running, x_.data(), H);
+      running = std::move(keep);
+      T = static_cast<std::int64_t>(running.size());
       positions = narrowed.positions;
       slots = narrowed.slots;
       logit_rows = narrowed.logit_rows;

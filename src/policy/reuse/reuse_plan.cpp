@@ -3,6 +3,7 @@
 #include "chunkwise/policy/reuse/reuse_plan.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <string>
 #include <utility>
@@ -75,6 +76,9 @@ std::int32_t ReusePlan::rows() const {
 void ReusePlan::validate() const {
   if (check_layer < 0) bad("reuse plan: check_layer must be >= 0");
   if (min_tokens < 0) bad("reuse plan: min_tokens must be >= 0");
+  for (std::size_t i = 0; i < gradual.size(); ++i)
+    if (!(gradual[i] >= 1.0 && std::isfinite(gradual[i])) || (i > 0 && gradual[i] > gradual[i - 1]))
+      bad("reuse plan: gradual multiples must be finite, >= 1 and not increasing");
   std::vector<Rows> ranges;
   for (std::size_t i = 0; i < load.size(); ++i) {
     const auto& l = load[i];
@@ -108,11 +112,12 @@ std::vector<ReusePlan::LoadSpan> stored_chunks(const PromptLayout& layout, const
 }
 
 ReusePlan make_reuse_plan(const PromptLayout& layout, std::vector<ReusePlan::LoadSpan> load, int check_layer,
-                          std::int32_t min_tokens) {
+                          std::int32_t min_tokens, std::vector<double> gradual) {
   layout.validate();
   ReusePlan p;
   p.check_layer = check_layer;
   p.min_tokens = min_tokens;
+  p.gradual = std::move(gradual);
   std::int32_t next = 0;
   for (const auto& l : load) {
     if (l.begin < next || l.begin >= l.end || l.end > layout.size())
@@ -135,6 +140,7 @@ SelectiveRecompute to_selective_recompute(const ReusePlan& plan, std::int32_t be
   SelectiveRecompute r;
   r.check_layer = plan.check_layer;
   r.min_tokens = plan.min_tokens;
+  r.gradual = plan.gradual;
   for (const auto& l : plan.load) {
     const std::int32_t b = std::max(l.begin, begin), e = std::min(l.end, end);
     if (b < e) r.chunks.push_back({b - begin, e - begin, l.ratio});

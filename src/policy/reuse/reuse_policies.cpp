@@ -24,12 +24,17 @@ BlendReuse::BlendReuse(Params params) : p_(params) {
   check(unit(p_.ratio), ErrorCode::kInvalidArgument, "blend reuse: ratio must be in [0, 1]");
   check(p_.min_tokens >= 0, ErrorCode::kInvalidArgument, "blend reuse: min_tokens must be >= 0");
   check(p_.check_layer >= 0, ErrorCode::kInvalidArgument, "blend reuse: check_layer must be >= 0");
+  for (std::size_t i = 0; i < p_.gradual.size(); ++i)
+    check(p_.gradual[i] >= 1.0 && std::isfinite(p_.gradual[i]) &&
+              (i == 0 || p_.gradual[i] <= p_.gradual[i - 1]),
+          ErrorCode::kInvalidArgument,
+          "blend reuse: gradual multiples must be finite, >= 1 and not increasing");
 }
 
 ReusePlan BlendReuse::plan(const PromptLayout& layout, const ChunkStore& store) const {
   std::vector<ReusePlan::LoadSpan> load = stored_chunks(layout, store);
   for (auto& l : load) l.ratio = p_.ratio;
-  return make_reuse_plan(layout, std::move(load), p_.check_layer, p_.min_tokens);
+  return make_reuse_plan(layout, std::move(load), p_.check_layer, p_.min_tokens, p_.gradual);
 }
 
 AdaptiveBlendReuse::AdaptiveBlendReuse(Params params) : p_(params) {

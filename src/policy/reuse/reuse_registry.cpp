@@ -19,7 +19,7 @@ static_assert(ReusePolicy<AdaptiveBlendReuse>);
 static_assert(ReusePolicy<AnyReusePolicy>);
 
 std::vector<std::string> reuse_policies() {
-  return {"prefix", "full", "blend", "adaptive-blend"};
+  return {"prefix", "full", "blend", "blend-gradual", "adaptive-blend"};
 }
 
 AnyReusePolicy make_reuse_policy(const std::string& name, std::optional<double> ratio) {
@@ -33,9 +33,12 @@ AnyReusePolicy make_reuse_policy(const std::string& name, std::optional<double> 
     if (name == "prefix") return AnyReusePolicy(PrefixOnlyReuse{}, name);
     return AnyReusePolicy(FullReuse{}, name);
   }
-  if (name == "blend") {
+  if (name == "blend" || name == "blend-gradual") {
     BlendReuse::Params p;
     if (ratio) p.ratio = *ratio;
+    // The paper's gradual filtering, in two stages: twice the ratio at the check layer, then the
+    // ratio among those at the next layer.
+    if (name == "blend-gradual") p.gradual = {2.0};
     return AnyReusePolicy(BlendReuse(p), name);
   }
   if (name == "adaptive-blend") {

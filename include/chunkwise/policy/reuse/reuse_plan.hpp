@@ -68,11 +68,15 @@ struct ReusePlan {
   std::vector<Rows> always;
   int check_layer = 1;            // layers 0..check_layer run every row; the deviation is measured here
   std::int32_t min_tokens = 256;  // at least min(min_tokens, loaded rows) loaded rows are recomputed
+  // Gradual filtering: the multiples of each span's ratio kept at check_layer, check_layer + 1, ...
+  // before the final selection (SelectiveRecompute::gradual); empty for one selection.
+  std::vector<double> gradual;
 
   // False: nothing is loaded and the prompt is a plain prefill (PrefixOnlyReuse).
   [[nodiscard]] bool reuses() const { return !load.empty(); }
   // Throws Error(kInvalidArgument) unless load and always are non-empty ranges that tile [0, n) for
-  // some n, ratios are in [0, 1], check_layer >= 0 and min_tokens >= 0.
+  // some n, ratios are in [0, 1], check_layer >= 0, min_tokens >= 0 and the gradual multiples are
+  // finite, >= 1 and do not increase.
   void validate() const;
   // The n of validate(): the prompt length the plan covers.
   [[nodiscard]] std::int32_t rows() const;
@@ -88,6 +92,7 @@ struct ReusePlan {
 // The plan that loads `load` (ascending, disjoint, inside the prompt) and computes every other row
 // of layout normally. Throws Error(kInvalidArgument) for bad spans, ratios or parameters.
 [[nodiscard]] ReusePlan make_reuse_plan(const PromptLayout& layout, std::vector<ReusePlan::LoadSpan> load,
-                                        int check_layer, std::int32_t min_tokens);
+                                        int check_layer, std::int32_t min_tokens,
+                                        std::vector<double> gradual = {});
 
 }  // namespace chunkwise
