@@ -259,44 +259,78 @@ struct PrefillSteps {
 };
 
 // Online softmax for a warp's 16 rows over NS n-tiles of scores (thread: rows g and g+8), then
-// rescaling of the NO n-tiles of O. m in raw score units, l a per-thread partial sum.
+// rescaling of the NO n-tiles of O. m in raw score units: the reference of the row's exponentials,
+// l a per-thread partial sum.
+// The reference moves only when a row's maximum grows past it by more than kRescaleLog2 (in log2
+// units), as FlashAttention-4 does: the exponentials then stay below 2^kRescaleLog2, far inside
+// fp32 (and bf16 P), and most steps of a long row skip the 2 x NO x 2 multiplications of O. O / l
+// and the log-sum-exp m + log2(l) do not depend on the reference.
+constexpr float kRescaleLog2 = 8.0f;
+
 template <int NS, int NO>
 __device__ __forceinline__ void softmax_update(float (&s)[NS][4], float (&o)[NO][4], float (&m)[2],
                                                float (&l)[2], float sl2) {
-  float mx[2] = {kNegInf, kNegInf};
+  // Four partial reductions per row: one chain of 2 x NS dependent instructions would sit on the
+  // critical path between the score product and the P V product.
+  constexpr int kAcc = NS >= 4 ? 4 : NS;
+  static_assert(NS % kAcc == 0, "n-tiles in whole groups of partial reductions");
+  float t0[kAcc], t1[kAcc];
 #pragma unroll
-  for (int n = 0; n < NS; ++n) {
-    mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-    mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
+  for (int a = 0; a < kAcc; ++a) {
+    t0[a] = fmaxf(s[a][0], s[a][1]);
+    t1[a] = fmaxf(s[a][2], s[a][3]);
   }
+#pragma unroll
+  for (int n = kAcc; n < NS; ++n) {
+    t0[n % kAcc] = fmaxf(t0[n % kAcc], fmaxf(s[n][0], s[n][1]));
+    t1[n % kAcc] = fmaxf(t1[n % kAcc], fmaxf(s[n][2], s[n][3]));
+  }
+#pragma unroll
+  for (int a = 1; a < kAcc; ++a) {
+    t0[0] = fmaxf(t0[0], t0[a]);
+    t1[0] = fmaxf(t1[0], t1[a]);
+  }
+  float mx[2] = {t0[0], t1[0]};
   float ms[2], corr[2];
+  bool grow = false;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    const float mn = fmaxf(m[r], mx[r]);
-    ms[r] = mn == kNegInf ? 0.0f : mn * sl2;
-    corr[r] = fast_exp2(m[r] * sl2 - ms[r]);  // m = -inf: 0
-    m[r] = mn;
+    // m = -inf with a finite maximum: infinite growth; both -inf: NaN, no growth.
+    const bool row_grows = (mx[r] - m[r]) * sl2 > kRescaleLog2;
+    corr[r] = row_grows ? fast_exp2((m[r] - mx[r]) * sl2) : 1.0f;  // m = -inf: 0
+    if (row_grows) m[r] = mx[r];
+    grow = grow || row_grows;
+    ms[r] = m[r] == kNegInf ? 0.0f : m[r] * sl2;
   }
-  float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int a = 0; a < kAcc; ++a) t0[a] = t1[a] = 0.0f;
 #pragma unroll
   for (int n = 0; n < NS; ++n) {
     s[n][0] = fast_exp2(fmaf(s[n][0], sl2, -ms[0]));
     s[n][1] = fast_exp2(fmaf(s[n][1], sl2, -ms[0]));
     s[n][2] = fast_exp2(fmaf(s[n][2], sl2, -ms[1]));
     s[n][3] = fast_exp2(fmaf(s[n][3], sl2, -ms[1]));
-    sum[0] += s[n][0] + s[n][1];
-    sum[1] += s[n][2] + s[n][3];
+    t0[n % kAcc] += s[n][0] + s[n][1];
+    t1[n % kAcc] += s[n][2] + s[n][3];
   }
-  l[0] = l[0] * corr[0] + sum[0];
-  l[1] = l[1] * corr[1] + sum[1];
 #pragma unroll
-  for (int n = 0; n < NO; ++n) {
-    o[n][0] *= corr[0];
-    o[n][1] *= corr[0];
-    o[n][2] *= corr[1];
-    o[n][3] *= corr[1];
+  for (int a = 1; a < kAcc; ++a) {
+    t0[0] += t0[a];
+    t1[0] += t1[a];
+  }
+  l[0] = l[0] * corr[0] + t0[0];
+  l[1] = l[1] * corr[1] + t1[0];
+  // Warp-uniform, so that the branch does not diverge.
+  if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+      o[n][0] *= corr[0];
+      o[n][1] *= corr[0];
+      o[n][2] *= corr[1];
+      o[n][3] *= corr[1];
+    }
   }
 }
 
