@@ -127,21 +127,33 @@ def case_gemm(args):
     free_memory()
 
 
+SDPA_HEADS = (32, 8, 128)  # q heads, kv heads, head dim of the dense prefill cases
+
+
+def sdpa_prefill_ms(L, iters):
+    """Median time of causal GQA SDPA over L tokens (SDPA_HEADS, bf16, batch 1)."""
+    hq, hkv, d = SDPA_HEADS
+    q = randn(1, hq, L, d, seed=10)
+    k = randn(1, hkv, L, d, seed=11)
+    v = randn(1, hkv, L, d, seed=12)
+    fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
+    return median_ms(fn, warmup=3, iters=iters)
+
+
+def dense_prefill_flops(L):
+    hq, _, d = SDPA_HEADS
+    return 2.0 * hq * L * L * d  # causal: half of 4·H·L²·d
+
+
 def case_sdpa_prefill(args):
-    hq, hkv, d = 32, 8, 128
+    hq, hkv, d = SDPA_HEADS
     for L in (4096, 16384, 65536):
         case, shape = f"dense_prefill_L{L}", f"b1 h{hq}/{hkv} d{d} L{L} causal"
         try:
-            q = randn(1, hq, L, d, seed=10)
-            k = randn(1, hkv, L, d, seed=11)
-            v = randn(1, hkv, L, d, seed=12)
-            fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
             iters = 20 if L <= 16384 else 8
-            ms = median_ms(fn, warmup=3, iters=iters)
-            flops = 2.0 * hq * L * L * d  # causal: half of 4·H·L²·d
-            emit(case, shape, "sdpa", ms=ms, tflops=flops / ms / 1e9,
+            ms = sdpa_prefill_ms(L, iters)
+            emit(case, shape, "sdpa", ms=ms, tflops=dense_prefill_flops(L) / ms / 1e9,
                  note=f"torch SDPA default backend, enable_gqa, bf16; FLOPs 2*H*L^2*d; median of {iters}")
-            del q, k, v
         except Exception as e:  # noqa: BLE001
             emit_error(case, shape, "sdpa", e)
         free_memory()

@@ -3,7 +3,8 @@
 
 Reads any number of files:
   - logs (text): lines `BENCH_JSON {...}` (ours: bench_attention, bench_e2e), `PEER_JSON {...}` and
-    `PEER_ENV {...}` (bench/gpu/peers.py), `STEP_JSON {...}` and `E2E_CHECK {...}` (bench/gpu/run.sh);
+    `PEER_ENV {...}` (bench/gpu/peers.py), `ROUNDS_JSON {...}` (bench/gpu/rounds.py), `STEP_JSON {...}`
+    and `E2E_CHECK {...}` (bench/gpu/run.sh);
   - stats (JSON, `chunkwise batch --stats-json`): the file name `stats-<case>.json` names the case.
 Pairs them by case name (bench/gpu/README.md), checks the issue's goals, writes
 DIR/gpu-<card>.md (--out-dir) or --out FILE, and prints the markdown.
@@ -19,7 +20,7 @@ import os
 import re
 import sys
 
-PREFIXES = ("BENCH_JSON", "PEER_JSON", "PEER_ENV", "STEP_JSON", "E2E_CHECK")
+PREFIXES = ("BENCH_JSON", "PEER_JSON", "PEER_ENV", "ROUNDS_JSON", "STEP_JSON", "E2E_CHECK")
 CASE_ORDER = [
     "dense_prefill_L4096", "dense_prefill_L16384", "dense_prefill_L65536",
     "sparse_prefill_L32768_d100", "sparse_prefill_L32768_d30", "sparse_prefill_L32768_d10",
@@ -50,6 +51,7 @@ class Data:
         self.env = {}
         self.steps = {}   # step -> row (the last one wins)
         self.checks = {}  # case -> row
+        self.rounds = {}  # case -> row (alternating rounds against the peer)
         self.problems = []
 
     def read_log(self, path):
@@ -75,6 +77,8 @@ class Data:
             self.steps[str(row.get("step"))] = row
         elif prefix == "E2E_CHECK":
             self.checks[str(row.get("case"))] = row
+        elif prefix == "ROUNDS_JSON":
+            self.rounds[str(row.get("case"))] = row
         elif "case" in row:
             case = str(row["case"])
             if prefix == "BENCH_JSON":
@@ -190,7 +194,15 @@ def goals(d):
             return (f"{ours[key] / scale:,.2f} {unit}", ours[key] >= target)
         return check
 
-    add("dense prefill, 16K: ≥ 0.9× PyTorch SDPA", "dense_prefill_L16384", "sdpa", "≥ 0.90×", ratio_check(0.9))
+    dense = d.rounds.get("dense_prefill_L16384")
+    if dense and num(dense.get("ratio")):
+        # Alternating rounds, when run, decide: one measurement of each moves by as much as the margin.
+        n = dense.get("rounds")
+        rows.append([f"dense prefill, 16K: ≥ 0.9× PyTorch SDPA (medians of {n} alternating rounds)",
+                     f"{dense['ours_median']:,.0f} TFLOP/s", f"{dense['peer_median']:,.0f} TFLOP/s",
+                     fmt_ratio(dense["ratio"]), "≥ 0.90×", "✅ yes" if dense["ratio"] >= 0.9 else "❌ no"])
+    else:
+        add("dense prefill, 16K: ≥ 0.9× PyTorch SDPA", "dense_prefill_L16384", "sdpa", "≥ 0.90×", ratio_check(0.9))
     add("block-sparse prefill, 32K, 10% of tiles: ≥ 1.25× faster than FlexAttention", "sparse_prefill_L32768_d10",
         "flex_attention", "≥ 1.25×", ratio_check(1.25))
     add("decode, 64 × 4K: ≥ 2.5 TB/s of KV read", "decode_64x4096", "sdpa", "≥ 2.5 TB/s",
@@ -252,6 +264,13 @@ def render(d, card, commit, date):
     lines += ["## Kernels", "",
               table(["case", "shape", "ours", "peer", "peer result", "ratio", "note"],
                     measurement_rows(d, kernel_cases + [c for c in others if not c.startswith("e2e")])), ""]
+    if d.rounds:
+        lines += ["## Alternating rounds (bench/gpu/rounds.py)", "",
+                  table(["case", "peer", "rounds", "ours, TFLOP/s", "peer, TFLOP/s", "medians", "ratio"],
+                        [[c, r.get("peer"), r.get("rounds"), ", ".join(f"{x:.0f}" for x in r.get("ours_tflops", [])),
+                          ", ".join(f"{x:.0f}" for x in r.get("peer_tflops", [])),
+                          f"{r.get('ours_median', 0):.0f} / {r.get('peer_median', 0):.0f}", fmt_ratio(r.get("ratio"))]
+                         for c, r in sorted(d.rounds.items())]), ""]
     e2e_cases = [c for c in CASE_ORDER if c.startswith("e2e")] + [c for c in others if c.startswith("e2e")]
     lines += ["## End to end (random weights, token-id prompts, every request runs to max_tokens)", "",
               table(["case", "shape", "ours", "peer", "peer result", "ratio", "note"],

@@ -29,7 +29,7 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 
 # Steps, in priority order: the goals first (kernels, then the 135M end to end), the 8B last.
-DEFAULT_STEPS="smi,tests,bench,peers-kernels,prep-135m,e2e-135m,peers-135m,bench-e2e,prep-8b,e2e-8b,peers-8b"
+DEFAULT_STEPS="smi,tests,bench,peers-kernels,rounds,prep-135m,e2e-135m,peers-135m,bench-e2e,prep-8b,e2e-8b,peers-8b"
 STEPS=${STEPS:-$DEFAULT_STEPS}
 if [[ ${SKIP_8B:-0} == 1 ]]; then STEPS=$(echo ",$STEPS," | sed -e 's/,prep-8b,/,/; s/,e2e-8b,/,/; s/,peers-8b,/,/; s/^,//; s/,$//'); fi
 # Requests of the end-to-end runs: the sizes for our CLI; the transformers peers default to
@@ -88,7 +88,7 @@ step() {
   ((rc != 0)) && status=failed
   ((rc == 124 || rc == 137)) && status=timeout
   local tail
-  tail=$(grep -v -E '^\s*$|^(PEER_JSON|PEER_ENV|BENCH_JSON|E2E_CHECK) ' "$WORK/$name.out" | tail -1 | cut -c1-240)
+  tail=$(grep -v -E '^\s*$|^(PEER_JSON|PEER_ENV|BENCH_JSON|ROUNDS_JSON|E2E_CHECK) ' "$WORK/$name.out" | tail -1 | cut -c1-240)
   json_line STEP_JSON step="$name" status="$status" rc="$rc" seconds=$((SECONDS - t0)) tail="$tail" | tee -a "$LOG"
   return 0
 }
@@ -160,6 +160,8 @@ step tests 90 20 "$BUILD/bin/chunkwise_cuda_tests"
 # shellcheck disable=SC2086
 step bench 120 20 "$BUILD/bin/bench_attention" ${BENCH_ATTENTION_ARGS:-}
 step peers-kernels 180 60 peers --cases kernels --time-budget 150
+# Dense prefill against SDPA in alternating rounds: one measurement of each moves by as much as the goal's margin.
+step rounds 150 40 "$PY" "$ROOT/bench/gpu/rounds.py" --bench "$BUILD/bin/bench_attention" --rounds "${ROUNDS:-7}"
 step prep-135m 60 10 prep smollm2-135m "$REQ_135M" 49152
 # shellcheck disable=SC2086
 step e2e-135m 150 30 e2e_ours smollm2-135m $CLI_FLAGS_135M
