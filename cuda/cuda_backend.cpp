@@ -29,7 +29,10 @@
 // are moved to the front, their positions, slots and renumbered logit rows are uploaded, and
 // attention is re-planned for them (all kv_len keys, causal by each row's own position). Chunk KV
 // is placed by place_chunk_kv() (keys rotated on the device), from the host or from the device
-// tier (write_kept_chunk_kv, which does not synchronise).
+// tier. write_kept_chunk_kv only queues: the next forward places every queued chunk with one
+// upload and one kernel on a second stream, overlapped with the layers it recomputes for all rows
+// anyway (those below the first check layer, which it does not place), and waits for it before
+// the first layer that reads loaded KV; every other use of the cache places the queue first.
 #include "chunkwise/cuda/cuda_backend.hpp"
 
 #include <algorithm>
@@ -226,7 +229,7 @@ void check_slots(std::int32_t position, std::span<const std::int64_t> slots, std
   const std::int64_t max_slot = static_cast<std::int64_t>(num_blocks) * block_size;
   for (const auto s : slots)
     check(s >= 0 && s < max_slot, ErrorCode::kInvalidArgument,
-          "chunk KV: cache slot " + std::to_string(s) + " outside the KV pool");
+          [&] { return "chunk KV: cache slot " + std::to_string(s) + " outside the KV pool"; });
 }
 
 // CSR offsets of `rows` rows over `entries` entries: rows + 1 of them, from 0, not decreasing.
@@ -315,11 +318,25 @@ struct CudaBackend::Impl {
   BlockMask index_summary;
 
   // Chunk KV placement: one layer of fp32 K|V (host uploads and downloads go through it), and the
-  // slots and rotation of a placement with their pinned staging (fenced: write_kept_chunk_kv does
-  // not wait for its copy).
+  // descriptors, rotations and slots of placements with their pinned staging (fenced: a queued
+  // placement's upload is not waited for).
   DeviceBuffer<float> chunk_f32;
   DeviceBuffer<std::byte> chunk_meta;
   FencedPinned chunk_staging;
+  // Placements queued from the device tier (src: a kept entry's data, its key's LRU entry pinned
+  // until placed: drop_kept places the queue first), the stream they run on and the event that
+  // marks the last flush; `awaiting_placed`: the main stream has not waited for it yet.
+  struct Placement {
+    const void* src = nullptr;
+    std::int32_t n_tokens = 0;
+    std::int32_t delta = 0;  // positions to rotate the keys by
+    std::vector<std::int64_t> slots;
+  };
+  std::vector<Placement> queued;
+  cudaStream_t place_stream = nullptr;
+  cudaEvent_t placed = nullptr;
+  bool awaiting_placed = false;
+  std::vector<char> slot_marks;  // run()'s check that queued slots are the batch's
   // The device tier: entries [layers][K|V][n_tokens, kv_dim] in the storage type, at position0.
   struct KeptChunk {
     DeviceBuffer<std::byte> data;
@@ -360,11 +377,13 @@ struct CudaBackend::Impl {
 
   ~Impl() {
     for (cudaEvent_t e : index_events) cudaEventDestroy(e);
-    if (stream) {
-      // write_kept_chunk_kv may still be reading a kept entry that the members free.
-      cudaStreamSynchronize(stream);
-      cudaStreamDestroy(stream);
-    }
+    // A placement may still be reading a kept entry that the members free.
+    for (cudaStream_t* st : {&place_stream, &stream})
+      if (*st) {
+        cudaStreamSynchronize(*st);
+        cudaStreamDestroy(*st);
+      }
+    if (placed) cudaEventDestroy(placed);
   }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
@@ -402,9 +421,24 @@ struct CudaBackend::Impl {
   StepRows narrow(const ForwardBatch& b, const std::vector<std::int32_t>& keep,
                   const std::vector<std::int32_t>& running, const StepRows& all);
 
-  // Uploads the slots of a chunk placement and the rotation by delta positions (null for 0).
-  std::pair<const std::int64_t*, const double*> upload_placement(std::span<const std::int64_t> slots,
-                                                                 std::int32_t delta);
+  // Uploads placements (their descriptors, rotations by delta positions and slots) on st.
+  struct PlacementView {
+    const ChunkPlacement* chunks = nullptr;
+    const double* rotations = nullptr;
+    const std::int64_t* slots = nullptr;
+    std::int64_t n_tokens = 0;
+  };
+  PlacementView upload_placements(std::span<const Placement> places, cudaStream_t st);
+  // Enqueues the queued placements on place_stream, layers [first_layer, n_layers), and empties
+  // the queue; the main stream must wait_placed() before it reads or writes those layers' KV.
+  void flush_queued(int first_layer);
+  void wait_placed();
+  // Every queued placement done before the main stream's next work: for uses of the cache other
+  // than a forward.
+  void place_queued() {
+    flush_queued(0);
+    wait_placed();
+  }
   void drop_kept(const ChunkKey& key);
   void evict_kept(std::size_t limit);  // least recently used first, until kept_bytes <= limit
 
@@ -717,18 +751,38 @@ template <class E>
 std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatch& b, std::size_t logits_size,
                                                 const std::vector<std::span<const std::byte>>& extra) {
   const ModelConfig& c = model->config();
-  validate(b, logits_size, c.vocab, num_blocks, block_size);
   const SelectiveRecompute* recompute = b.recompute;
-  if (recompute != nullptr) {
-    check(recompute->last_check_layer() < c.n_layers, ErrorCode::kInvalidArgument,
-          "forward batch: selective recompute: check_layer " + std::to_string(recompute->check_layer) +
-              " and " + std::to_string(recompute->gradual.size()) +
-              " gradual stages must end below the model's " + std::to_string(c.n_layers) + " layers");
+  try {
+    validate(b, logits_size, c.vocab, num_blocks, block_size);
+    if (recompute != nullptr) {
+      check(recompute->last_check_layer() < c.n_layers, ErrorCode::kInvalidArgument,
+            "forward batch: selective recompute: check_layer " + std::to_string(recompute->check_layer) +
+                " and " + std::to_string(recompute->gradual.size()) +
+                " gradual stages must end below the model's " + std::to_string(c.n_layers) + " layers");
+    }
+    for (const TokenId t : b.tokens)
+      check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange, [&] {
+        return "token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) +
+               ")";
+      });
+  } catch (...) {
+    // A rejected batch leaves the queued chunks placed whole, as if placed when queued.
+    place_queued();
+    throw;
   }
-  for (const TokenId t : b.tokens)
-    check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange,
-          "token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) + ")");
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  // Layers below the first check layer are recomputed for every row, so queued chunks (rows of
+  // this batch, checked) need not be placed there, and their placement overlaps those layers.
+  int first_loaded = 0;
+  if (recompute != nullptr && !queued.empty()) {
+    slot_marks.assign(static_cast<std::size_t>(num_blocks) * static_cast<std::size_t>(block_size), 0);
+    for (const std::int64_t slot : b.slots) slot_marks[static_cast<std::size_t>(slot)] = 1;
+    first_loaded = recompute->check_layer;
+    for (const Placement& p : queued)
+      for (const std::int64_t slot : p.slots)
+        if (slot_marks[static_cast<std::size_t>(slot)] == 0) first_loaded = 0;
+  }
+  flush_queued(first_loaded);
   plan_sparse(b);
   const cudaStream_t st = stream;
   const std::int64_t H = c.hidden, Q = c.q_dim(), F = c.ffn;
@@ -748,7 +802,10 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
   std::vector<std::size_t> extra_offsets;
   for (const auto& e : extra) extra_offsets.push_back(pack.add(e));
   pack.upload(staging, metadata, st);
-  if (b.rows() == 0) return extra_offsets;
+  if (b.rows() == 0) {
+    wait_placed();
+    return extra_offsets;
+  }
   auto dev = [&](std::size_t off) { return metadata.get() + off; };
   const auto* d_tokens = reinterpret_cast<const std::int32_t*>(dev(o_tokens));
   // The rows that run through the layers: the whole batch, until a selective recompute's check
@@ -779,6 +836,7 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
   embed(s.embedding.get(), c.vocab, H, d_tokens, r.rows, x.get(), nullptr, st);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   for (int l = 0; l < c.n_layers && r.rows > 0; ++l) {
+    if (l == first_loaded) wait_placed();
     const Layer<E>& L = s.layers[static_cast<std::size_t>(l)];
     const std::int64_t T = r.rows;
     add_rms_norm(x.get(), nullptr, L.attn_norm.get(), T, H, c.rms_eps, s.h.get(), st);
@@ -808,6 +866,7 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
       running = std::move(keep);
     }
   }
+  wait_placed();
   if (device_sparse && index_builder.counts_size() > 0)
     check_cuda(
         cudaMemcpyAsync(index_counts.get(), index_builder.counts(),
@@ -947,6 +1006,7 @@ const Model& CudaBackend::model() const {
 
 void CudaBackend::copy_block(BlockId src, BlockId dst) {
   Impl& m = *impl_;
+  m.place_queued();
   check(src >= 0 && src < m.num_blocks && dst >= 0 && dst < m.num_blocks, ErrorCode::kInvalidArgument,
         "KV block out of range");
   for (int l = 0; l < m.model->config().n_layers; ++l)
@@ -959,6 +1019,7 @@ void CudaBackend::copy_block(BlockId src, BlockId dst) {
 
 void CudaBackend::save_block(BlockId src, std::span<std::byte> dst) const {
   Impl& m = *impl_;
+  m.place_queued();
   check(src >= 0 && src < m.num_blocks, ErrorCode::kInvalidArgument, "KV block out of range");
   check(dst.size() == kv_bytes_per_block(m.model->config(), m.block_size), ErrorCode::kInvalidArgument,
         "KV block save: wrong buffer size");
@@ -976,6 +1037,7 @@ void CudaBackend::save_block(BlockId src, std::span<std::byte> dst) const {
 
 void CudaBackend::load_block(BlockId dst, std::span<const std::byte> src) {
   Impl& m = *impl_;
+  m.place_queued();
   check(dst >= 0 && dst < m.num_blocks, ErrorCode::kInvalidArgument, "KV block out of range");
   check(src.size() == kv_bytes_per_block(m.model->config(), m.block_size), ErrorCode::kInvalidArgument,
         "KV block load: wrong buffer size");
@@ -991,27 +1053,75 @@ void CudaBackend::load_block(BlockId dst, std::span<const std::byte> src) {
   check_cuda(cudaStreamSynchronize(m.stream), "load KV block");
 }
 
-std::pair<const std::int64_t*, const double*> CudaBackend::Impl::upload_placement(
-    std::span<const std::int64_t> slots, std::int32_t delta) {
+CudaBackend::Impl::PlacementView CudaBackend::Impl::upload_placements(std::span<const Placement> places,
+                                                                      cudaStream_t st) {
   // cos and sin of delta * inv_freq in double, as rotate_keys forms them.
-  std::vector<double> rotation;
-  if (delta != 0) {
-    const std::size_t half = inv_freq_host.size();
-    rotation.resize(2 * half);
-    for (std::size_t i = 0; i < half; ++i) {
-      const double angle = static_cast<double>(delta) * static_cast<double>(inv_freq_host[i]);
-      rotation[i] = std::cos(angle);
-      rotation[half + i] = std::sin(angle);
+  const std::size_t half = inv_freq_host.size();
+  std::vector<ChunkPlacement> chunks;
+  std::vector<double> rotations;
+  std::vector<std::int64_t> slots;
+  for (const Placement& p : places) {
+    ChunkPlacement c{p.src, p.n_tokens, static_cast<std::int32_t>(slots.size()), -1};
+    if (p.delta != 0) {
+      c.rotation = static_cast<std::int32_t>(rotations.size());
+      rotations.resize(rotations.size() + 2 * half);
+      double* r = rotations.data() + c.rotation;
+      for (std::size_t i = 0; i < half; ++i) {
+        const double angle = static_cast<double>(p.delta) * static_cast<double>(inv_freq_host[i]);
+        r[i] = std::cos(angle);
+        r[half + i] = std::sin(angle);
+      }
     }
+    chunks.push_back(c);
+    slots.insert(slots.end(), p.slots.begin(), p.slots.end());
   }
   MetadataPack pack;
-  const std::size_t o_slots = pack.add(std::as_bytes(slots)), o_rotation = pack.add(rotation);
+  const std::size_t o_chunks = pack.add(chunks), o_rotations = pack.add(rotations), o_slots = pack.add(slots);
   // A placement that is not waited for may still read the buffer a growth frees.
-  if (pack.bytes() > chunk_meta.size()) check_cuda(cudaStreamSynchronize(stream), "chunk KV metadata");
-  pack.upload(chunk_staging.acquire(), chunk_meta, stream);
-  chunk_staging.release(stream);
-  return {reinterpret_cast<const std::int64_t*>(chunk_meta.get() + o_slots),
-          delta != 0 ? reinterpret_cast<const double*>(chunk_meta.get() + o_rotation) : nullptr};
+  if (pack.bytes() > chunk_meta.size())
+    for (cudaStream_t s : {stream, place_stream}) check_cuda(cudaStreamSynchronize(s), "chunk KV metadata");
+  pack.upload(chunk_staging.acquire(), chunk_meta, st);
+  chunk_staging.release(st);
+  return {reinterpret_cast<const ChunkPlacement*>(chunk_meta.get() + o_chunks),
+          reinterpret_cast<const double*>(chunk_meta.get() + o_rotations),
+          reinterpret_cast<const std::int64_t*>(chunk_meta.get() + o_slots),
+          static_cast<std::int64_t>(slots.size())};
+}
+
+void CudaBackend::Impl::flush_queued(int first_layer) {
+  if (queued.empty()) return;
+  if (!place_stream) {
+    check_cuda(cudaStreamCreateWithFlags(&place_stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    check_cuda(cudaEventCreateWithFlags(&placed, cudaEventDisableTiming), "cudaEventCreate");
+  }
+  const ModelConfig& c = model->config();
+  // The main stream's earlier work on these slots (a previous step's) comes first.
+  check_cuda(cudaEventRecord(placed, stream), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(place_stream, placed, 0), "cudaStreamWaitEvent");
+  std::vector<Placement> places = std::move(queued);
+  queued.clear();
+  std::visit(
+      [&](auto& s) {
+        using E = std::remove_pointer_t<decltype(s.kv.get())>;
+        const std::size_t layer_elems = 2 * kv_layer_elems;
+        for (Placement& p : places)
+          p.src = static_cast<const E*>(p.src) + static_cast<std::size_t>(first_layer) * 2 *
+                                                     static_cast<std::size_t>(p.n_tokens) * c.kv_dim();
+        const PlacementView v = upload_placements(places, place_stream);
+        place_chunk_kv<E>(v.chunks, static_cast<int>(places.size()), v.n_tokens, c.n_layers - first_layer,
+                          c.n_kv_heads, c.head_dim, v.rotations, v.slots,
+                          s.kv.get() + static_cast<std::size_t>(first_layer) * layer_elems,
+                          static_cast<std::int64_t>(kv_layer_elems), place_stream);
+      },
+      storage);
+  check_cuda(cudaEventRecord(placed, place_stream), "cudaEventRecord");
+  awaiting_placed = true;
+}
+
+void CudaBackend::Impl::wait_placed() {
+  if (!awaiting_placed) return;
+  check_cuda(cudaStreamWaitEvent(stream, placed, 0), "cudaStreamWaitEvent");
+  awaiting_placed = false;
 }
 
 void CudaBackend::write_chunk_kv(const ChunkKv& kv, std::int32_t position,
@@ -1020,9 +1130,12 @@ void CudaBackend::write_chunk_kv(const ChunkKv& kv, std::int32_t position,
   const ModelConfig& c = m.model->config();
   check_chunk_placement(kv, c, position, slots, m.num_blocks, m.block_size);
   check_cuda(cudaSetDevice(m.device), "cudaSetDevice");
-  const auto [d_slots, d_rotation] = m.upload_placement(slots, position - kv.position0);
+  m.place_queued();
   const std::size_t layer_floats = kv.k(0).size() + kv.v(0).size();
   m.chunk_f32.reserve(layer_floats);
+  const Impl::Placement one{m.chunk_f32.get(), kv.n_tokens, position - kv.position0,
+                            std::vector<std::int64_t>(slots.begin(), slots.end())};
+  const Impl::PlacementView v = m.upload_placements({&one, 1}, m.stream);
   std::visit(
       [&](auto& s) {
         for (int l = 0; l < c.n_layers; ++l) {
@@ -1030,8 +1143,8 @@ void CudaBackend::write_chunk_kv(const ChunkKv& kv, std::int32_t position,
           check_cuda(cudaMemcpyAsync(m.chunk_f32.get(), kv.k(l).data(), layer_floats * sizeof(float),
                                      cudaMemcpyHostToDevice, m.stream),
                      "upload chunk KV");
-          place_chunk_kv(m.chunk_f32.get(), 1, kv.n_tokens, c.n_kv_heads, c.head_dim, d_rotation, d_slots,
-                         m.k_cache(s, l), static_cast<std::int64_t>(m.kv_layer_elems), m.stream);
+          place_chunk_kv<float>(v.chunks, 1, v.n_tokens, 1, c.n_kv_heads, c.head_dim, v.rotations, v.slots,
+                                m.k_cache(s, l), static_cast<std::int64_t>(m.kv_layer_elems), m.stream);
         }
       },
       m.storage);
@@ -1046,7 +1159,9 @@ ChunkKv CudaBackend::read_chunk_kv(std::span<const TokenId> tokens, std::int32_t
   ChunkKv kv = ChunkKv::zeros(tokens, c.n_layers, c.kv_dim(), position0);
   check_chunk_placement(kv, c, position0, slots, m.num_blocks, m.block_size);
   check_cuda(cudaSetDevice(m.device), "cudaSetDevice");
-  const std::int64_t* d_slots = m.upload_placement(slots, 0).first;
+  m.place_queued();
+  const Impl::Placement one{nullptr, kv.n_tokens, 0, std::vector<std::int64_t>(slots.begin(), slots.end())};
+  const std::int64_t* d_slots = m.upload_placements({&one, 1}, m.stream).slots;
   const std::size_t layer_floats = kv.k(0).size() + kv.v(0).size();
   m.chunk_f32.reserve(layer_floats);
   std::visit(
@@ -1065,7 +1180,8 @@ ChunkKv CudaBackend::read_chunk_kv(std::span<const TokenId> tokens, std::int32_t
 }
 
 void CudaBackend::Impl::drop_kept(const ChunkKey& key) {
-  // A placement from the entry may still be running.
+  // A placement from the entry may be queued or still running.
+  place_queued();
   check_cuda(cudaStreamSynchronize(stream), "drop kept chunk KV");
   const auto it = kept.find(key);
   kept_bytes -= it->second.data.bytes();
@@ -1132,17 +1248,8 @@ bool CudaBackend::write_kept_chunk_kv(const ChunkKey& key, std::int32_t position
   Impl::KeptChunk& entry = it->second;
   check_slots(position, slots, static_cast<std::size_t>(entry.n_tokens), m.num_blocks, m.block_size);
   m.kept_lru.splice(m.kept_lru.begin(), m.kept_lru, entry.used);
-  const ModelConfig& c = m.model->config();
-  check_cuda(cudaSetDevice(m.device), "cudaSetDevice");
-  const auto [d_slots, d_rotation] = m.upload_placement(slots, position - entry.position0);
-  std::visit(
-      [&](auto& s) {
-        using E = std::remove_pointer_t<decltype(s.kv.get())>;
-        place_chunk_kv(reinterpret_cast<const E*>(entry.data.get()), c.n_layers, entry.n_tokens, c.n_kv_heads,
-                       c.head_dim, d_rotation, d_slots, s.kv.get(),
-                       static_cast<std::int64_t>(m.kv_layer_elems), m.stream);
-      },
-      m.storage);
+  m.queued.push_back({entry.data.get(), entry.n_tokens, position - entry.position0,
+                      std::vector<std::int64_t>(slots.begin(), slots.end())});
   return true;
 }
 

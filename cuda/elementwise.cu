@@ -318,17 +318,29 @@ __global__ void key_deviation_kernel(const float* __restrict__ qkv, int n_heads,
   }
 }
 
-// One CTA per (token, layer): the token's keys rotated pair by pair in double, its values copied.
+// One CTA per (token, layer): the token's chunk found by binary search over the placements (few),
+// its keys rotated pair by pair in double, its values copied.
 template <class S, class T>
-__global__ void place_chunk_kv_kernel(const S* __restrict__ src, i64 n_tokens, int n_kv_heads, int head_dim,
-                                      const double* __restrict__ rotation, const i64* __restrict__ slots,
-                                      T* __restrict__ cache, i64 layer_elems) {
-  const i64 i = blockIdx.x;
+__global__ void place_chunk_kv_kernel(const ChunkPlacement* __restrict__ chunks, int n_chunks, int n_kv_heads,
+                                      int head_dim, const double* __restrict__ rotations,
+                                      const i64* __restrict__ slots, T* __restrict__ cache, i64 layer_elems) {
+  const auto i = static_cast<std::int32_t>(blockIdx.x);
   const i64 l = blockIdx.y;
+  int lo = 0, hi = n_chunks - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (chunks[mid].first <= i)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const ChunkPlacement& c = chunks[lo];
+  const i64 n_tokens = c.n_tokens;
   const int half = head_dim / 2;
   const i64 kv_dim = static_cast<i64>(n_kv_heads) * head_dim;
-  const S* k = src + (2 * l * n_tokens + i) * kv_dim;
+  const S* k = static_cast<const S*>(c.src) + (2 * l * n_tokens + (i - c.first)) * kv_dim;
   const S* v = k + n_tokens * kv_dim;
+  const double* rotation = c.rotation >= 0 ? rotations + c.rotation : nullptr;
   T* kc = cache + 2 * l * layer_elems + slots[i] * kv_dim;
   T* vc = kc + layer_elems;
   for (int u = static_cast<int>(threadIdx.x); u < n_kv_heads * half; u += static_cast<int>(blockDim.x)) {
@@ -337,9 +349,9 @@ __global__ void place_chunk_kv_kernel(const S* __restrict__ src, i64 n_tokens, i
     const int a = h * head_dim + j;
     float y1 = to_float(k[a]), y2 = to_float(k[a + half]);
     if (rotation != nullptr) {
-      const double x1 = y1, x2 = y2, c = rotation[j], s = rotation[half + j];
-      y1 = static_cast<float>(x1 * c - x2 * s);
-      y2 = static_cast<float>(x2 * c + x1 * s);
+      const double x1 = y1, x2 = y2, cs = rotation[j], sn = rotation[half + j];
+      y1 = static_cast<float>(x1 * cs - x2 * sn);
+      y2 = static_cast<float>(x2 * cs + x1 * sn);
     }
     kc[a] = from_float<T>(y1);
     kc[a + half] = from_float<T>(y2);
@@ -568,20 +580,21 @@ void key_deviation(const float* qkv, std::int64_t rows, int n_heads, int n_kv_he
 }
 
 template <class S, class T>
-void place_chunk_kv(const S* src, int layers, std::int64_t n_tokens, int n_kv_heads, int head_dim,
-                    const double* rotation, const std::int64_t* slots, T* cache, std::int64_t layer_elems,
-                    cudaStream_t stream) {
-  require(layers >= 0 && n_tokens >= 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
-          "place_chunk_kv", "need layers, n_tokens >= 0, n_kv_heads > 0 and an even head_dim > 0");
+void place_chunk_kv(const ChunkPlacement* chunks, int n_chunks, std::int64_t n_tokens, int layers, int n_kv_heads,
+                    int head_dim, const double* rotations, const std::int64_t* slots, T* cache,
+                    std::int64_t layer_elems, cudaStream_t stream) {
+  require(n_chunks >= 0 && layers >= 0 && n_tokens >= 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
+          "place_chunk_kv", "need n_chunks, layers, n_tokens >= 0, n_kv_heads > 0 and an even head_dim > 0");
   require(layer_elems >= static_cast<i64>(n_kv_heads) * head_dim, "place_chunk_kv",
           "a cache layer is smaller than one token");
   if (layers == 0 || n_tokens == 0) return;
+  require(n_chunks > 0, "place_chunk_kv", "tokens without placements");
   require(layers <= 65535 && n_tokens <= 0x7fffffff, "place_chunk_kv", "too many layers or tokens");
-  require(src != nullptr && slots != nullptr && cache != nullptr, "place_chunk_kv", "null pointer");
+  require(chunks != nullptr && slots != nullptr && cache != nullptr, "place_chunk_kv", "null pointer");
   const int threads = std::clamp((n_kv_heads * head_dim / 2 + 31) / 32 * 32, 32, 256);
   const dim3 grid(static_cast<unsigned>(n_tokens), static_cast<unsigned>(layers));
-  place_chunk_kv_kernel<<<grid, threads, 0, stream>>>(src, n_tokens, n_kv_heads, head_dim, rotation, slots,
-                                                      cache, layer_elems);
+  place_chunk_kv_kernel<S><<<grid, threads, 0, stream>>>(chunks, n_chunks, n_kv_heads, head_dim, rotations,
+                                                         slots, cache, layer_elems);
   check_launch("place_chunk_kv");
 }
 
@@ -687,10 +700,10 @@ void gather_paged_f32(const T* cache, int block_size, int n_kv_heads, int head_d
                                  cudaStream_t);                                                              \
   template void key_deviation(const float*, std::int64_t, int, int, int, const std::int32_t*, const float*,  \
                               const std::int64_t*, const T*, float*, cudaStream_t);                          \
-  template void place_chunk_kv(const float*, int, std::int64_t, int, int, const double*,                     \
-                               const std::int64_t*, T*, std::int64_t, cudaStream_t);                         \
-  template void place_chunk_kv(const T*, int, std::int64_t, int, int, const double*, const std::int64_t*,    \
-                               T*, std::int64_t, cudaStream_t);                                              \
+  template void place_chunk_kv<float>(const ChunkPlacement*, int, std::int64_t, int, int, int, const double*, \
+                                      const std::int64_t*, T*, std::int64_t, cudaStream_t);                  \
+  template void place_chunk_kv<T>(const ChunkPlacement*, int, std::int64_t, int, int, int, const double*,     \
+                                  const std::int64_t*, T*, std::int64_t, cudaStream_t);                      \
   template void gather_chunk_kv(const T*, int, std::int64_t, std::int64_t, int, const std::int64_t*, float*, \
                                 cudaStream_t);
 CHUNKWISE_INSTANTIATE_OPS(bf16)

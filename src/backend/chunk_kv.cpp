@@ -51,7 +51,7 @@ void check_chunk_placement(const ChunkKv& kv, const ModelConfig& c, std::int32_t
   const std::int64_t max_slot = static_cast<std::int64_t>(num_blocks) * block_size;
   for (const auto s : slots)
     check(s >= 0 && s < max_slot, ErrorCode::kInvalidArgument,
-          "chunk KV: cache slot " + std::to_string(s) + " outside the KV pool");
+          [&] { return "chunk KV: cache slot " + std::to_string(s) + " outside the KV pool"; });
 }
 
 }  // namespace chunkwise

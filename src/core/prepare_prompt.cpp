@@ -55,13 +55,15 @@ PreparedPrompt prepare_prompt(const Model& model, const Request& r, int kv_capac
     check(!prompt.empty(), ErrorCode::kInvalidArgument, "prompt encodes to no tokens");
   }
   for (TokenId t : prompt)
-    check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange,
-          "prompt token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) +
-              ")");
+    check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange, [&] {
+      return "prompt token id " + std::to_string(t) + " outside the vocabulary [0, " +
+             std::to_string(c.vocab) + ")";
+    });
   for (TokenId t : r.stop_tokens)
-    check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange,
-          "stop token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) +
-              ")");
+    check(t >= 0 && t < c.vocab, ErrorCode::kTokenOutOfRange, [&] {
+      return "stop token id " + std::to_string(t) + " outside the vocabulary [0, " + std::to_string(c.vocab) +
+             ")";
+    });
   const long long total = static_cast<long long>(prompt.size()) + r.max_new_tokens;
   check(total <= c.max_context, ErrorCode::kContextOverflow,
         "prompt of " + std::to_string(prompt.size()) + " tokens plus max_new_tokens " +

@@ -13,6 +13,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "catch.hpp"
@@ -437,6 +438,42 @@ TEST_CASE("GPU selective forward matches the CPU backend's and keeps the loaded 
       CHECK(std::ranges::equal(row_of(after.v(l), j), row_of(loaded.v(l), j)));
     }
   }
+}
+
+TEST_CASE("GPU selective forward over queued device-tier chunks equals it over placed ones",
+          "[cuda][reuse]") {
+  std::mt19937 rng(28);
+  const auto model = gpu_model(rng, 4);
+  const Prompt p(model, rng);
+  cuda::CudaBackend gpu(model, kBlocks, kBlock);
+  gpu.set_chunk_tier_capacity(std::size_t{1} << 24);
+  const ChunkKey keys[2] = {{1, 1}, {2, 2}};
+  for (int i = 0; i < 2; ++i) gpu.keep_chunk_kv(keys[i], p.chunks[static_cast<std::size_t>(i)]);
+  const std::span<const TokenId> chunk0 = std::span(p.tokens).subspan(Prompt::begin(0), Prompt::kChunk);
+  const auto all_slots = slots_of(0, Prompt::kRows);
+  // The prompt's chunks from the tier, and chunk 0 once more at slots outside the batch (a forward
+  // places those whole); `settle`: a read-back places the queue before the forward does.
+  auto run = [&](bool settle) {
+    for (int i = 0; i < 2; ++i)
+      REQUIRE(gpu.write_kept_chunk_kv(keys[i], Prompt::begin(i), slots_of(Prompt::begin(i), Prompt::kChunk)));
+    REQUIRE(gpu.write_kept_chunk_kv(keys[0], 0, slots_of(400, Prompt::kChunk)));
+    if (settle) (void)gpu.read_chunk_kv(chunk0, 0, slots_of(400, Prompt::kChunk));
+    SelectiveRecompute r = Prompt::recompute(0.15, 16, 2);
+    ForwardBatch b = p.batch();
+    b.recompute = &r;
+    std::vector<float> logits(static_cast<std::size_t>(Prompt::kQuestion) * kVocab);
+    gpu.forward(b, logits);
+    return std::tuple(logits, gpu.read_chunk_kv(p.tokens, 0, all_slots),
+                      gpu.read_chunk_kv(chunk0, 0, slots_of(400, Prompt::kChunk)));
+  };
+  const auto [queued, queued_cache, queued_far] = run(false);
+  const auto [placed, placed_cache, placed_far] = run(true);
+  CHECK(queued == placed);
+  CHECK(queued_cache.data == placed_cache.data);
+  CHECK(queued_far.data == placed_far.data);
+  // Chunk 0 at its own position (slots 400...) holds the stored KV at every layer.
+  CHECK(test::max_abs_diff(queued_far.data, p.chunks[0].data) <=
+        storage_eps(cuda::DType::kBF16) * max_abs(p.chunks[0].data));
 }
 
 TEST_CASE("GPU gradual filtering matches the CPU backend's", "[cuda][reuse]") {

@@ -76,7 +76,10 @@ class CudaBackend {
   // that a hot chunk is placed device to device instead of crossing the host link again. Capacity
   // 0 (the default) keeps nothing; shrinking evicts. keep_chunk_kv uploads kv (replacing what the
   // key held; an entry larger than the capacity is not kept). write_kept_chunk_kv places a kept
-  // entry like write_chunk_kv, asynchronously on the stream, and marks it used; false on a miss.
+  // entry like write_chunk_kv and marks it used; false on a miss. It only queues the placement: the
+  // next forward places the whole queue in one launch on a second stream, overlapped with the
+  // layers it recomputes for every row (below a selective recompute's check layer, which it then
+  // skips), and any other use of the cache places the queue before it.
   // It throws Error(kInvalidArgument) unless slots has one slot in the pool per kept token and
   // position >= 0.
   void set_chunk_tier_capacity(std::size_t bytes);

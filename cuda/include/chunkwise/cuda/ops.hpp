@@ -85,14 +85,24 @@ void key_deviation(const float* qkv, std::int64_t rows, int n_heads, int n_kv_he
 // The cache side is CudaBackend's: layer l's K cache at cache + 2 * l * layer_elems, its V cache at
 // cache + (2 * l + 1) * layer_elems, token i at slot slots[i] (every slot valid; not checked).
 //
-// place_chunk_kv writes src (S: float, or T itself) into the cache, keys rotated by a fixed angle
-// per pair: rotation [head_dim] doubles, cos then sin of delta * inv_freq[i] for i < head_dim / 2
-// (rotate-half pairs, as chunkwise::rotate_keys), applied in double before one rounding to fp32 and
-// one to T; null copies the keys unrotated. Values are copied (rounded to T when S is float).
+// place_chunk_kv writes the chunks' KV into the cache: n_tokens tokens in all, token i (i in
+// [0, n_tokens)) of the placement c with c.first <= i < c.first + c.n_tokens (chunks sorted by first,
+// chunks[0].first == 0, covering [0, n_tokens) without gaps; not checked) at slot slots[i]; `layers`
+// layers from each c.src (S: float, or T itself) and from `cache`. Keys are rotated by a fixed angle
+// per pair: c.rotation indexes head_dim doubles of `rotations`, cos then sin of delta * inv_freq[i]
+// for i < head_dim / 2 (rotate-half pairs, as chunkwise::rotate_keys), applied in double before one
+// rounding to fp32 and one to T; a negative c.rotation copies the keys unrotated. Values are copied
+// (rounded to T when S is float). One launch places any number of chunks.
+struct ChunkPlacement {
+  const void* src;  // [layers][K|V][n_tokens, kv_dim] of S
+  std::int64_t n_tokens;
+  std::int32_t first;     // its first token's index in slots
+  std::int32_t rotation;  // offset of its cos|sin in rotations, or -1
+};
 template <class S, class T>
-void place_chunk_kv(const S* src, int layers, std::int64_t n_tokens, int n_kv_heads, int head_dim,
-                    const double* rotation, const std::int64_t* slots, T* cache, std::int64_t layer_elems,
-                    cudaStream_t stream);
+void place_chunk_kv(const ChunkPlacement* chunks, int n_chunks, std::int64_t n_tokens, int layers,
+                    int n_kv_heads, int head_dim, const double* rotations, const std::int64_t* slots,
+                    T* cache, std::int64_t layer_elems, cudaStream_t stream);
 // gather_chunk_kv is the reverse, without rotation: the cache's K and V at slots, widened to fp32.
 template <class T>
 void gather_chunk_kv(const T* cache, int layers, std::int64_t layer_elems, std::int64_t n_tokens, int kv_dim,
@@ -156,7 +166,8 @@ std::size_t sample_workspace_bytes(std::int64_t rows, int vocab);
 //    then degenerates into NaN weights).
 // workspace may be null when sample_workspace_bytes() is 0.
 void sample_tokens(const float* logits, std::int64_t rows, int vocab, const DeviceSampleRow* params,
-                   std::int32_t* out_tokens, void* workspace, std::size_t workspace_bytes, cudaStream_t stream);
+                   std::int32_t* out_tokens, void* workspace, std::size_t workspace_bytes,
+                   cudaStream_t stream);
 
 // y[i] = the weight function sample_tokens() uses: the same value as glibc's expf(x[i]) on x86-64
 // (FMA variant). Exposed for tests.
