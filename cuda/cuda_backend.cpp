@@ -1253,6 +1253,10 @@ bool CudaBackend::write_kept_chunk_kv(const ChunkKey& key, std::int32_t position
   return true;
 }
 
+bool CudaBackend::keeps_chunk_kv(const ChunkKey& key) const {
+  return impl_->kept.contains(key);
+}
+
 std::size_t CudaBackend::chunk_tier_bytes() const {
   return impl_->kept_bytes;
 }

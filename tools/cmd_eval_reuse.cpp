@@ -11,8 +11,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -131,6 +131,7 @@ Run run_prompts(Engine& engine, const std::vector<Prompt>& prompts, int max_toke
   const ReuseStats& after = engine.metrics().reuse;
   run.reuse.chunks_loaded = after.chunks_loaded - before.chunks_loaded;
   run.reuse.chunks_missed = after.chunks_missed - before.chunks_missed;
+  run.reuse.chunks_computed = after.chunks_computed - before.chunks_computed;
   run.reuse.device_hits = after.device_hits - before.device_hits;
   run.reuse.tokens_loaded = after.tokens_loaded - before.tokens_loaded;
   run.reuse.tokens_recomputed = after.tokens_recomputed - before.tokens_recomputed;
@@ -144,7 +145,7 @@ Run run_prompts(Engine& engine, const std::vector<Prompt>& prompts, int max_toke
 int cmd_eval_reuse(const std::vector<std::string>& argv) {
   std::set<std::string> options = kCommonOptions;
   options.insert({"corpus", "filler", "chunks", "chunk-tokens", "questions", "policies", "recompute-ratio",
-                  "max-tokens", "seed", "out-json", "chunk-device-mb"});
+                  "max-tokens", "seed", "out-json", "chunk-device-mb", "load-control"});
   const Args args(argv, options, {"no-quality"});
   const std::vector<int> chunk_counts = int_list(args.str("chunks", "4,8,16"), "chunks");
   const std::vector<int> chunk_sizes = int_list(args.str("chunk-tokens", "256,512"), "chunk-tokens");
@@ -161,6 +162,9 @@ int cmd_eval_reuse(const std::vector<std::string>& argv) {
   const long long device_mb = args.integer("chunk-device-mb", 4096);
   check(n_questions >= 1 && max_tokens >= 1 && device_mb >= 0, ErrorCode::kInvalidArgument,
         "--questions and --max-tokens must be >= 1, --chunk-device-mb >= 0");
+  const std::string load_control = args.str("load-control", "off");
+  check(load_control == "on" || load_control == "off", ErrorCode::kInvalidArgument,
+        "--load-control must be on or off");
   const Corpus corpus = read_corpus(args.str("corpus", "bench/reuse/corpus.jsonl"));
   const std::string filler_path = args.str("filler", "bench/sparse/haystack.txt");
   std::ifstream fin(filler_path);
@@ -171,7 +175,8 @@ int cmd_eval_reuse(const std::vector<std::string>& argv) {
   // A model without a tokenizer (make-model's random weights, for speed at a large shape): the same
   // prompts with ids drawn from the text, about one per 4 bytes; time to first token only.
   const bool timing_only = !model->has_tokenizer();
-  if (timing_only) std::fprintf(stderr, "[eval-reuse] the model has no tokenizer: timing only, random token ids\n");
+  if (timing_only)
+    std::fprintf(stderr, "[eval-reuse] the model has no tokenizer: timing only, random token ids\n");
   const bool quality = !timing_only && !args.flag("no-quality");
   auto encode = [&](const std::string& text) {
     if (timing_only) {
@@ -203,6 +208,7 @@ int cmd_eval_reuse(const std::vector<std::string>& argv) {
     ec.session.prefix_caching = false;  // every prompt prefills in full: the comparison is per prompt
     ec.session.max_batch_tokens = model->config().max_context;
     ec.session.chunk_device_mb = static_cast<std::size_t>(device_mb);
+    ec.session.reuse_load_control = load_control == "on";
     ec.batching = "prefill-first";
     ec.reuse = reuse;
     if (reuse != "prefix" && reuse != "full") ec.recompute_ratio = ratio.value_or(-1);
@@ -333,6 +339,7 @@ int cmd_eval_reuse(const std::vector<std::string>& argv) {
                                          : 0.0},
                  {"chunks_loaded", run.reuse.chunks_loaded},
                  {"chunks_missed", run.reuse.chunks_missed},
+                 {"chunks_computed", run.reuse.chunks_computed},
                  {"device_hits", run.reuse.device_hits},
                  {"ttft_s", median(run.ttft)},
                  {"prefill_forward_s", run.prefill_s / static_cast<double>(prompts.size())},

@@ -40,7 +40,7 @@ commands:
           (quality and cost of sparse prefill)
   eval-reuse [--chunks 4,8,16] [--chunk-tokens 256,512] [--questions N] [--policies full,blend,adaptive-blend]
           [--recompute-ratio R] [--max-tokens N] [--corpus FILE] [--filler FILE] [--seed N]
-          [--chunk-device-mb N] [--out-json FILE] [--no-quality]
+          [--chunk-device-mb N] [--load-control on|off] [--out-json FILE] [--no-quality]
           (quality and time to first token of chunk reuse on RAG prompts, against a full prefill)
 
 chunk reuse (run, batch; prompts given in segments: --segment, or "segments" in a workload):
@@ -49,6 +49,8 @@ chunk reuse (run, batch; prompts given in segments: --segment, or "segments" in 
   --chunk-store DIR     disk tier of the chunk store, kept across runs (default: RAM only)
   --chunk-store-mb N    host RAM tier (default 1024)     --chunk-disk-mb N   disk tier (default 8192)
   --chunk-device-mb N   GPU tier (default 0: none)       --fill-chunk-store on|off   (default on)
+  --load-control on|off   compute a chunk held only in RAM or on disk when that is measured to be
+                        faster than loading its KV (CacheBlend's loading controller; default off)
 
 sparse prefill (--sparse SPEC, default dense): NAME[:key=value,...] with NAME one of
   dense, streaming (sink, window), vertical-slash (config=FILE, vertical, slash, last_queries),
@@ -129,9 +131,12 @@ void reuse_config_from_args(const Args& args, EngineConfig& c) {
   const std::string fill = args.str("fill-chunk-store", "on");
   check(fill == "on" || fill == "off", ErrorCode::kInvalidArgument, "--fill-chunk-store must be on or off");
   c.session.fill_chunk_store = fill == "on";
+  const std::string control = args.str("load-control", "off");
+  check(control == "on" || control == "off", ErrorCode::kInvalidArgument, "--load-control must be on or off");
+  c.session.reuse_load_control = control == "on";
   const bool store_options = args.get("chunk-store") || args.get("chunk-store-mb") ||
                              args.get("chunk-disk-mb") || args.get("chunk-device-mb") ||
-                             args.get("fill-chunk-store");
+                             args.get("fill-chunk-store") || args.get("load-control");
   check(c.reuse != "prefix" || !store_options, ErrorCode::kInvalidArgument,
         "the chunk-store options need --reuse full, blend, blend-gradual or adaptive-blend");
 }
@@ -139,14 +144,16 @@ void reuse_config_from_args(const Args& args, EngineConfig& c) {
 void print_reuse_stats(const Engine& engine) {
   const ReuseStats& r = engine.metrics().reuse;
   if (r.requests == 0) return;
-  std::fprintf(stderr,
-               "[reuse %s: %lld prompts, %lld chunks loaded (%lld from the device tier), %lld missed, %lld "
-               "stored; %lld of %lld loaded tokens recomputed; fill %.3f s, load %.3f s]\n",
-               engine.config().reuse.c_str(), static_cast<long long>(r.requests),
-               static_cast<long long>(r.chunks_loaded), static_cast<long long>(r.device_hits),
-               static_cast<long long>(r.chunks_missed), static_cast<long long>(r.chunks_stored),
-               static_cast<long long>(r.tokens_recomputed), static_cast<long long>(r.tokens_loaded), r.fill_s,
-               r.load_s);
+  std::fprintf(
+      stderr,
+      "[reuse %s: %lld prompts, %lld chunks loaded (%lld from the device tier), %lld missed, %lld "
+      "stored, %lld computed instead (load control); %lld of %lld loaded tokens recomputed; fill %.3f s, "
+      "load %.3f s]\n",
+      engine.config().reuse.c_str(), static_cast<long long>(r.requests),
+      static_cast<long long>(r.chunks_loaded), static_cast<long long>(r.device_hits),
+      static_cast<long long>(r.chunks_missed), static_cast<long long>(r.chunks_stored),
+      static_cast<long long>(r.chunks_computed), static_cast<long long>(r.tokens_recomputed),
+      static_cast<long long>(r.tokens_loaded), r.fill_s, r.load_s);
 }
 
 SessionConfig session_config_from_args(const Args& args) {

@@ -352,3 +352,38 @@ TEST_CASE("chunks are stored as prefilled after the chunk context", "[reuse][ses
   const ChunkKv want = cpu.read_chunk_kv(rag.a, 3, slots);
   CHECK(kv->data == want.data);
 }
+
+TEST_CASE("the loading controller computes the chunks that are slower to load than to prefill",
+          "[reuse][session]") {
+  const Rag rag;
+  InferenceSession<> plain(model(), config(nullptr));
+  const FinishedRequest want = run_one(plain, rag.plain());
+  // A clock that stands still: every measured cost is 0, which only pulls the priors toward 0 by
+  // a quarter per observation, so the priors decide.
+  auto run = [&](LoadCosts prior) {
+    SessionConfig c = config(host_store());
+    c.clock = [] { return 0.0; };
+    c.reuse_load_control = true;
+    c.reuse_load_costs = prior;
+    auto s = std::make_unique<Session<FullReuse>>(model(), c);
+    const FinishedRequest got = run_one(*s, rag.request());
+    return std::pair(got, s->metrics().reuse);
+  };
+  // Loading a chunk's fp32 KV (tens of KB here) at a second a byte: both chunks computed, and the
+  // prompt is a plain prefill.
+  const auto [slow, slow_stats] = run({.prefill_s_per_row = 1e-3, .host_s_per_byte = 1.0});
+  CHECK(slow_stats.chunks_stored == 2);
+  CHECK(slow_stats.chunks_computed == 2);
+  CHECK(slow_stats.chunks_loaded == 0);
+  CHECK(slow.output_tokens == want.output_tokens);
+  CHECK(slow.prompt_tokens_reused == 0);
+  // Loading far cheaper than prefilling: both loaded, as without the controller.
+  const auto [fast, fast_stats] = run({.prefill_s_per_row = 1.0, .host_s_per_byte = 1e-12});
+  CHECK(fast_stats.chunks_computed == 0);
+  CHECK(fast_stats.chunks_loaded == 2);
+  CHECK(fast.prompt_tokens_reused == 26 + 31);
+  // Nothing measured yet: loaded (measuring the load); the load measured but not the prefill:
+  // computed (measuring the prefill).
+  CHECK(run({}).second.chunks_loaded == 2);
+  CHECK(run({.host_s_per_byte = 1e-12}).second.chunks_computed == 2);
+}

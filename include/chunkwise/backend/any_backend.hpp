@@ -45,6 +45,7 @@ class BackendInterface {
   virtual void keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) = 0;
   [[nodiscard]] virtual bool write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
                                                  std::span<const std::int64_t> slots) = 0;
+  [[nodiscard]] virtual bool keeps_chunk_kv(const ChunkKey& key) const = 0;
 };
 
 // Makes backends of one kind (a device): how many bytes a KV block takes there, so the pool can be
@@ -118,6 +119,13 @@ class BackendAdapter final : public BackendInterface {
       return false;
     }
   }
+  [[nodiscard]] bool keeps_chunk_kv(const ChunkKey& key) const override {
+    if constexpr (ChunkTierBackend<B>) {
+      return b_.keeps_chunk_kv(key);
+    } else {
+      return false;
+    }
+  }
 
  private:
   [[noreturn]] static void unsupported() {
@@ -176,6 +184,7 @@ class AnyBackend {
                                          std::span<const std::int64_t> slots) {
     return impl_->write_kept_chunk_kv(key, position, slots);
   }
+  [[nodiscard]] bool keeps_chunk_kv(const ChunkKey& key) const { return impl_->keeps_chunk_kv(key); }
 
  private:
   std::unique_ptr<BackendInterface> impl_;

@@ -65,6 +65,7 @@ concept ChunkTierBackend = ChunkKvBackend<B> &&
   b.set_chunk_tier_capacity(bytes);
   b.keep_chunk_kv(key, kv);
   { b.write_kept_chunk_kv(key, position, slots) } -> std::same_as<bool>;
+  { b.keeps_chunk_kv(key) } -> std::same_as<bool>;
 };
 
 }  // namespace chunkwise

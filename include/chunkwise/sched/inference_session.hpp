@@ -104,6 +104,7 @@ class InferenceSession {
       };
     }
     metrics_.kv_blocks_total = backend_.num_blocks();
+    load_meter_ = LoadCostMeter(config_.reuse_load_costs);
     if constexpr (ChunkTierBackend<BackendT>)
       if (config_.chunk_device_mb > 0) backend_.set_chunk_tier_capacity(config_.chunk_device_mb << 20);
   }
@@ -302,6 +303,8 @@ class InferenceSession {
     }
     const double t1 = now();
     if (batch.recompute != nullptr) account_reuse(seqs_.at(reuse_run), reused_rows);
+    if (batch.recompute == nullptr && result.decode_rows == 0)
+      load_meter_.observe_prefill(result.prefill_rows, t1 - t0);
     for (detail::Sequence* s : computed_now) kv_.commit(s->id, s->tokens, s->computed, t1);
 
     for (std::size_t i = 0; i < sampled.size(); ++i) {
@@ -415,10 +418,11 @@ class InferenceSession {
       check(plan.rows() == s.prompt_len, ErrorCode::kInvalidArgument,
             "reuse policy returned a plan of " + std::to_string(plan.rows()) + " rows for a prompt of " +
                 std::to_string(s.prompt_len));
+      if (config_.reuse_load_control) plan = control_loading(std::move(plan), s, store);
       const std::vector<ReusePlan::LoadSpan> loaded = detail::place_planned_chunks(
           backend_, store, s.tokens, plan, begin,
           std::span<const std::int64_t>(batch.slots).first(static_cast<std::size_t>(s.prompt_len - begin)),
-          stats);
+          stats, &load_meter_, config_.clock);
       stats.load_s += now() - t1;
       if (loaded.empty()) return 0;
       // Loaded KV is not a prefill's: it must never serve another prompt as a cached prefix.
@@ -434,6 +438,30 @@ class InferenceSession {
     } else {
       return 0;
     }
+  }
+
+  // CacheBlend's loading controller: the planned chunks that only the host or disk tier holds and
+  // that are cheaper to compute than to load (worth_loading) are dropped from the plan. With a
+  // device tier nothing is: a chunk loaded once is kept there, and its later uses are device hits.
+  ReusePlan control_loading(ReusePlan plan, const detail::Sequence& s, const ChunkStore& store) {
+    if (ChunkTierBackend<BackendT> && config_.chunk_device_mb > 0) return plan;
+    const ModelConfig& c = model_->config();
+    const std::size_t row_bytes = 2 * static_cast<std::size_t>(c.n_layers) * c.kv_dim() * sizeof(float);
+    std::vector<ReusePlan::LoadSpan> load;
+    for (const ReusePlan::LoadSpan& span : plan.load) {
+      bool device = false;
+      if constexpr (ChunkTierBackend<BackendT>) device = backend_.keeps_chunk_kv(span.key);
+      const ChunkTier tier = store.tier(span.key);
+      const std::int32_t rows = span.end - span.begin;
+      if (device || tier == ChunkTier::kNone ||
+          worth_loading(tier, row_bytes * static_cast<std::size_t>(rows), rows, span.ratio,
+                        load_meter_.costs()))
+        load.push_back(span);
+      else
+        metrics_.reuse.chunks_computed++;
+    }
+    if (load.size() == plan.load.size()) return plan;
+    return make_reuse_plan(s.layout, std::move(load), plan.check_layer, plan.min_tokens, plan.gradual);
   }
 
   // Prefills every chunk segment of s that the store lacks on its own, after the chunk context
@@ -488,7 +516,9 @@ class InferenceSession {
         fb.kv_len.push_back(n);
       }
       if (pending.empty()) return;
+      const double tf = now();
       backend_.forward(fb, {});
+      load_meter_.observe_prefill(static_cast<std::int64_t>(fb.tokens.size()), now() - tf);
       for (const Pending& p : pending) {
         const auto slots = std::span<const std::int64_t>(fb.slots).subspan(
             static_cast<std::size_t>(p.first_row), p.tokens.size());
@@ -693,6 +723,7 @@ class InferenceSession {
   std::vector<TokenId> next_tokens_;
   SelectiveRecompute recompute_;  // the reuse step's recompute rule and what it did
   SelectiveRecomputeReport recompute_report_;
+  LoadCostMeter load_meter_;  // the loading controller's costs
   SessionMetrics metrics_;
   RequestId next_id_ = 1;
 };

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "chunkwise/core/types.hpp"
+#include "chunkwise/policy/reuse/loading_control.hpp"
 
 namespace chunkwise {
 
@@ -47,6 +48,14 @@ struct SessionConfig {
   std::vector<TokenId> chunk_context;
   // The backend's device tier of chunk KV in front of the store (ChunkTierBackend); 0 = none.
   std::size_t chunk_device_mb = 0;
+  // CacheBlend's loading controller (policy/reuse/loading_control.hpp): a planned chunk held only
+  // in host RAM or on disk is computed instead when loading it is expected to take longer than the
+  // prefill it saves, by costs the session measures (starting from reuse_load_costs; a cost not
+  // measured yet is measured by trying: an unknown tier loads, an unknown prefill computes). Not
+  // with a device tier (chunk_device_mb), where a chunk loaded once serves later prompts from the
+  // device. Off: every stored chunk the policy plans is loaded.
+  bool reuse_load_control = false;
+  LoadCosts reuse_load_costs;
 };
 
 // Throws Error(kInvalidArgument) naming the bad field.

@@ -86,6 +86,7 @@ class CudaBackend {
   void keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv);
   [[nodiscard]] bool write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
                                          std::span<const std::int64_t> slots);
+  [[nodiscard]] bool keeps_chunk_kv(const ChunkKey& key) const;  // without marking it used
   [[nodiscard]] std::size_t chunk_tier_bytes() const;
   [[nodiscard]] std::size_t chunk_tier_entries() const;
 

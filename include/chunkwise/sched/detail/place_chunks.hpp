@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
 
 #include "chunkwise/backend/concepts.hpp"
 #include "chunkwise/kv/chunk_store.hpp"
+#include "chunkwise/policy/reuse/loading_control.hpp"
 #include "chunkwise/policy/reuse/reuse_plan.hpp"
 #include "chunkwise/sched/session_metrics.hpp"
 
@@ -21,12 +23,14 @@ namespace chunkwise::detail {
 // backend's device tier when it keeps the key, else from the store (then kept in the tier). A span
 // cut by begin places only its rows from begin. A span the store no longer has (evicted, a corrupt
 // file) is skipped and counted as missed: the caller computes it normally. Returns the spans
-// placed, clipped to begin, in order; counts in stats.
+// placed, clipped to begin, in order; counts in stats. With a meter (and its clock), each whole
+// chunk placed from the host or disk tier is timed into it.
 template <ChunkKvBackend B>
 std::vector<ReusePlan::LoadSpan> place_planned_chunks(B& backend, ChunkStore& store,
                                                       std::span<const TokenId> prompt, const ReusePlan& plan,
                                                       std::int32_t begin, std::span<const std::int64_t> slots,
-                                                      ReuseStats& stats) {
+                                                      ReuseStats& stats, LoadCostMeter* meter = nullptr,
+                                                      const std::function<double()>& clock = {}) {
   const auto prompt_len = static_cast<std::int32_t>(prompt.size());
   std::vector<ReusePlan::LoadSpan> placed;
   for (const ReusePlan::LoadSpan& span : plan.load) {
@@ -40,6 +44,8 @@ std::vector<ReusePlan::LoadSpan> place_planned_chunks(B& backend, ChunkStore& st
     if (kept) {
       stats.device_hits++;
     } else {
+      const ChunkTier tier = meter != nullptr ? store.tier(span.key) : ChunkTier::kNone;
+      const double t0 = meter != nullptr ? clock() : 0.0;
       const std::shared_ptr<const ChunkKv> kv =
           store.get(span.key, prompt.subspan(static_cast<std::size_t>(span.begin),
                                              static_cast<std::size_t>(span.end - span.begin)));
@@ -49,6 +55,7 @@ std::vector<ReusePlan::LoadSpan> place_planned_chunks(B& backend, ChunkStore& st
       }
       if (from == span.begin) {
         backend.write_chunk_kv(*kv, from, at);
+        if (meter != nullptr) meter->observe_load(tier, kv->bytes(), clock() - t0);
         if constexpr (ChunkTierBackend<B>) backend.keep_chunk_kv(span.key, *kv);
       } else {
         backend.write_chunk_kv(kv->rows(from - span.begin, span.end - span.begin), from, at);
