@@ -32,6 +32,8 @@ expect_error "workload: segment without text" "exactly one of 'text' and 'tokens
 printf '{"id": "a", "segments": [{"kind": "blurb", "text": "x"}], "max_tokens": 2}\n' >"$tmp/bad.jsonl"
 expect_error "workload: bad kind" "'kind' must be prefix, chunk or question" batch --model "$model" \
   --workload "$tmp/bad.jsonl"
+expect_error "bad load control" "load-control must be on or off" run --model "$model" --segment "$chunk" \
+  --reuse full --load-control maybe
 expect_error "eval: bad policy" "unknown reuse policy" eval-reuse --model "$model" --policies blend,bogus
 expect_error "eval: no corpus" "cannot read corpus" eval-reuse --model "$model" --corpus "$tmp/none.jsonl"
 
@@ -50,6 +52,9 @@ check "first run stores the chunk" grep -q "1 stored" "$tmp/fill.err"
 check "the chunk is on disk" test "$(ls "$tmp/store" | wc -l)" = 1
 run_rag warm --reuse full --chunk-store "$tmp/store"
 check "second run loads it" grep -q "1 chunks loaded (0 from the device tier), 0 missed, 0 stored" "$tmp/warm.err"
+# On the CPU loading a chunk is far cheaper than prefilling it: the controller loads it.
+run_rag controlled --reuse full --chunk-store "$tmp/store" --load-control on
+check "load control on the CPU: loaded" grep -q "1 chunks loaded (0 from the device tier), 0 missed, 0 stored, 0 computed" "$tmp/controlled.err"
 file=$(ls "$tmp"/store/*)
 size=$(stat -c %s "$file")
 printf 'XXXXXXXX' | dd of="$file" bs=1 seek=$((size - 12)) conv=notrunc status=none
