@@ -28,11 +28,13 @@
 // select_recompute_rows() picks the rows. After the check layer's MLP the kept rows of the residual
 // are moved to the front, their positions, slots and renumbered logit rows are uploaded, and
 // attention is re-planned for them (all kv_len keys, causal by each row's own position). Chunk KV
-// is placed by place_chunk_kv() (keys rotated on the device), from the host or from the device
-// tier. write_kept_chunk_kv only queues: the next forward places every queued chunk with one
-// upload and one kernel on a second stream, overlapped with the layers it recomputes for all rows
-// anyway (those below the first check layer, which it does not place), and waits for it before
-// the first layer that reads loaded KV; every other use of the cache places the queue first.
+// is placed by place_chunk_kv() (keys rotated on the device), from the host or from the chunk
+// tier. write_kept_chunk_kv only queues: the next forward places every queued chunk on a second
+// stream, overlapped with the layers it recomputes for all rows anyway (those below the first check
+// layer, which it does not place), and waits for it before the first layer that reads loaded KV;
+// every other use of the cache places the queue first. From the tier's device level that is one
+// upload and one kernel; entries of its pinned host level cross the host link by the copy engine
+// in groups of layers, each group placed and marked by an event that only its own layers wait for.
 #include "chunkwise/cuda/cuda_backend.hpp"
 
 #include <algorithm>
@@ -170,6 +172,35 @@ class FencedPinned {
   PinnedBytes bytes_;
   cudaEvent_t done_ = nullptr;
   bool pending_ = false;
+};
+
+// Pinned host memory of a fixed size, movable (the chunk tier's host level).
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(std::size_t n) : n_(n) {
+    check_cuda(cudaMallocHost(reinterpret_cast<void**>(&p_), n), "cudaMallocHost(chunk tier)");
+  }
+  ~PinnedBuffer() {
+    if (p_) cudaFreeHost(p_);
+  }
+  PinnedBuffer(PinnedBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+    if (this != &o) {
+      if (p_) cudaFreeHost(p_);
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  [[nodiscard]] std::byte* get() const { return p_; }
+  [[nodiscard]] std::size_t bytes() const { return n_; }
+
+ private:
+  std::byte* p_ = nullptr;
+  std::size_t n_ = 0;
 };
 
 // Lays arrays out back to back (each 16-byte aligned) in one staging buffer and one device buffer.
@@ -323,31 +354,57 @@ struct CudaBackend::Impl {
   DeviceBuffer<float> chunk_f32;
   DeviceBuffer<std::byte> chunk_meta;
   FencedPinned chunk_staging;
-  // Placements queued from the device tier (src: a kept entry's data, its key's LRU entry pinned
-  // until placed: drop_kept places the queue first), the stream they run on and the event that
-  // marks the last flush; `awaiting_placed`: the main stream has not waited for it yet.
+  // Placements queued from the chunk tier (src: a kept entry's data, its key's LRU entry pinned
+  // until placed: drop_kept places the queue first), the stream they run on, and the groups of
+  // layers flushed but not yet waited for by the main stream (each: its first layer and the event
+  // that marks it placed; ascending).
   struct Placement {
     const void* src = nullptr;
     std::int32_t n_tokens = 0;
     std::int32_t delta = 0;  // positions to rotate the keys by
     std::vector<std::int64_t> slots;
+    // A host-level entry's pinned bytes: copied into link_staging before the kernel reads them
+    // (src then points there).
+    const std::byte* host = nullptr;
   };
   std::vector<Placement> queued;
+  // The flush being issued: its placements (their descriptors uploaded: flushing_view), where the
+  // host-level ones sit in link_staging (grow-only), the layer it began at and the next layer to
+  // issue; over_host_link: some entry is host-level.
+  std::vector<Placement> flushing;
+  std::vector<std::size_t> flushing_at;
+  DeviceBuffer<std::byte> link_staging;
+  int flush_first = 0;
+  int next_issue = 0;
+  bool over_host_link = false;
   cudaStream_t place_stream = nullptr;
-  cudaEvent_t placed = nullptr;
-  bool awaiting_placed = false;
+  std::vector<cudaEvent_t> place_events;  // one per layer, created with the stream
+  struct PlacedGroup {
+    int first_layer = 0;
+    cudaEvent_t done = nullptr;
+  };
+  std::vector<PlacedGroup> unwaited;
+  std::size_t next_unwaited = 0;
   std::vector<char> slot_marks;  // run()'s check that queued slots are the batch's
-  // The device tier: entries [layers][K|V][n_tokens, kv_dim] in the storage type, at position0.
+  // The chunk tier, two levels: device memory, and pinned host memory that the device's least
+  // recently used entries move to (and entries too large for the device level go to). An entry is
+  // [layers][K|V][n_tokens, kv_dim] in the storage type, at position0, in one level.
   struct KeptChunk {
-    DeviceBuffer<std::byte> data;
+    DeviceBuffer<std::byte> data;  // the device level's copy, or empty
+    PinnedBuffer host;             // the host level's copy, or empty
     std::int32_t n_tokens = 0;
     std::int32_t position0 = 0;
-    std::list<ChunkKey>::iterator used;  // its place in kept_lru
+    std::list<ChunkKey>::iterator used;  // its place in its level's lru
+    [[nodiscard]] bool on_device() const { return data.get() != nullptr; }
+    [[nodiscard]] std::size_t bytes() const { return on_device() ? data.bytes() : host.bytes(); }
+  };
+  struct TierLevel {
+    std::list<ChunkKey> lru;  // most recently used first
+    std::size_t capacity = 0;
+    std::size_t bytes = 0;
   };
   std::unordered_map<ChunkKey, KeptChunk, ChunkKeyHash> kept;
-  std::list<ChunkKey> kept_lru;  // most recently used first
-  std::size_t kept_capacity = 0;
-  std::size_t kept_bytes = 0;
+  TierLevel device_level, host_level;
 
   // Selective recompute: the check layer's deviations, and the rows kept after it (their residual
   // rows gathered through x_kept; their metadata uploaded through narrow_staging).
@@ -383,7 +440,7 @@ struct CudaBackend::Impl {
         cudaStreamSynchronize(*st);
         cudaStreamDestroy(*st);
       }
-    if (placed) cudaEventDestroy(placed);
+    for (cudaEvent_t e : place_events) cudaEventDestroy(e);
   }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
@@ -429,18 +486,37 @@ struct CudaBackend::Impl {
     std::int64_t n_tokens = 0;
   };
   PlacementView upload_placements(std::span<const Placement> places, cudaStream_t st);
+  PlacementView flushing_view;
   // Enqueues the queued placements on place_stream, layers [first_layer, n_layers), and empties
-  // the queue; the main stream must wait_placed() before it reads or writes those layers' KV.
+  // the queue; the main stream must wait_placed(l) before it reads or writes layer l's KV. From
+  // device memory one launch places every layer. With host-level entries the layers go in groups
+  // (the first layer alone, then kLayersPerCopy at a time), each group's bytes copied by the copy
+  // engine and placed with an event of its own, so that a forward's layer waits only for its own
+  // group's load (CacheBlend's layer-wise pipelining of loading and recompute).
+  // The groups are issued as the forward reaches them, kIssueAhead layers ahead: the copy engine
+  // runs its copies in order, so copies queued all at once would hold back the forward's own small
+  // uploads (a narrowed step's metadata) until every layer had crossed.
+  static constexpr int kLayersPerCopy = 4;
+  static constexpr int kIssueAhead = 8;
   void flush_queued(int first_layer);
-  void wait_placed();
+  // Issues the flush's groups of layers that begin at or below up_to_layer.
+  void issue_placements(int up_to_layer);
+  // The main stream waits for the flushed groups of layers up to `layer` (all by default), after
+  // issuing those up to kIssueAhead layers further.
+  void wait_placed(int layer = std::numeric_limits<int>::max());
   // Every queued placement done before the main stream's next work: for uses of the cache other
   // than a forward.
   void place_queued() {
     flush_queued(0);
     wait_placed();
   }
+  TierLevel& level_of(const KeptChunk& e) { return e.on_device() ? device_level : host_level; }
   void drop_kept(const ChunkKey& key);
-  void evict_kept(std::size_t limit);  // least recently used first, until kept_bytes <= limit
+  // Moves a device entry to the host level, or drops it when that level cannot hold it.
+  void demote(const ChunkKey& key);
+  // Least recently used first, until the level holds at most `limit` bytes: the device level's
+  // entries are demoted, the host level's dropped.
+  void evict_kept(TierLevel& level, std::size_t limit);
 
   template <class T>
   T* k_cache(Storage<T>& s, int l) {
@@ -467,6 +543,24 @@ struct CudaBackend::Impl {
 };
 
 namespace {
+// Host-to-device copies in one batched call where the driver has it (CUDA 12.8+), else one by one.
+void copy_to_device(const std::vector<void*>& dsts, const std::vector<const void*>& srcs,
+                    const std::vector<std::size_t>& sizes, cudaStream_t stream) {
+  if (dsts.empty()) return;
+  cudaMemcpyAttributes attrs{};
+  attrs.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  attrs.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+  std::size_t first = 0;
+  const cudaError_t e =
+      cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), dsts.size(), &attrs, &first, 1, stream);
+  if (e == cudaSuccess) return;
+  check(e == cudaErrorNotSupported || e == cudaErrorCallRequiresNewerDriver, ErrorCode::kBackend,
+        std::string("cudaMemcpyBatchAsync: ") + cudaGetErrorString(e));
+  cudaGetLastError();
+  for (std::size_t i = 0; i < dsts.size(); ++i)
+    check_cuda(cudaMemcpyAsync(dsts[i], srcs[i], sizes[i], cudaMemcpyHostToDevice, stream), "copy to device");
+}
+
 void select_device(int device) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -836,7 +930,7 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
   embed(s.embedding.get(), c.vocab, H, d_tokens, r.rows, x.get(), nullptr, st);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   for (int l = 0; l < c.n_layers && r.rows > 0; ++l) {
-    if (l == first_loaded) wait_placed();
+    wait_placed(l);
     const Layer<E>& L = s.layers[static_cast<std::size_t>(l)];
     const std::int64_t T = r.rows;
     add_rms_norm(x.get(), nullptr, L.attn_norm.get(), T, H, c.rms_eps, s.h.get(), st);
@@ -1090,38 +1184,95 @@ CudaBackend::Impl::PlacementView CudaBackend::Impl::upload_placements(std::span<
 
 void CudaBackend::Impl::flush_queued(int first_layer) {
   if (queued.empty()) return;
+  const ModelConfig& c = model->config();
   if (!place_stream) {
     check_cuda(cudaStreamCreateWithFlags(&place_stream, cudaStreamNonBlocking), "cudaStreamCreate");
-    check_cuda(cudaEventCreateWithFlags(&placed, cudaEventDisableTiming), "cudaEventCreate");
+    // One per layer, and one that marks the main stream's work before a flush.
+    for (int l = 0; l <= c.n_layers; ++l) {
+      cudaEvent_t e = nullptr;
+      check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+      place_events.push_back(e);
+    }
   }
-  const ModelConfig& c = model->config();
+  // The main stream waits for every earlier group (run() and place_queued() already have, unless a
+  // forward failed midway), so the events can be recorded again.
+  wait_placed();
+  unwaited.clear();
+  next_unwaited = 0;
   // The main stream's earlier work on these slots (a previous step's) comes first.
-  check_cuda(cudaEventRecord(placed, stream), "cudaEventRecord");
-  check_cuda(cudaStreamWaitEvent(place_stream, placed, 0), "cudaStreamWaitEvent");
-  std::vector<Placement> places = std::move(queued);
+  cudaEvent_t before = place_events.back();
+  check_cuda(cudaEventRecord(before, stream), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(place_stream, before, 0), "cudaStreamWaitEvent");
+  flushing = std::move(queued);
   queued.clear();
-  std::visit(
-      [&](auto& s) {
-        using E = std::remove_pointer_t<decltype(s.kv.get())>;
-        const std::size_t layer_elems = 2 * kv_layer_elems;
-        for (Placement& p : places)
-          p.src = static_cast<const E*>(p.src) + static_cast<std::size_t>(first_layer) * 2 *
-                                                     static_cast<std::size_t>(p.n_tokens) * c.kv_dim();
-        const PlacementView v = upload_placements(places, place_stream);
-        place_chunk_kv<E>(v.chunks, static_cast<int>(places.size()), v.n_tokens, c.n_layers - first_layer,
-                          c.n_kv_heads, c.head_dim, v.rotations, v.slots,
-                          s.kv.get() + static_cast<std::size_t>(first_layer) * layer_elems,
-                          static_cast<std::int64_t>(kv_layer_elems), place_stream);
-      },
-      storage);
-  check_cuda(cudaEventRecord(placed, place_stream), "cudaEventRecord");
-  awaiting_placed = true;
+  flush_first = first_layer;
+  next_issue = first_layer;
+  // Host-level entries get their place in the staging buffer, laid out as the entries.
+  const std::size_t entry_bytes_per_token =
+      2 * static_cast<std::size_t>(c.kv_dim()) * c.n_layers * sizeof(bf16);
+  flushing_at.assign(flushing.size(), 0);
+  std::size_t staged = 0;
+  for (std::size_t i = 0; i < flushing.size(); ++i)
+    if (flushing[i].host != nullptr) {
+      flushing_at[i] = staged;
+      staged += (static_cast<std::size_t>(flushing[i].n_tokens) * entry_bytes_per_token + 15) / 16 * 16;
+    }
+  over_host_link = staged > 0;
+  if (over_host_link) {
+    link_staging.reserve(staged);
+    for (std::size_t i = 0; i < flushing.size(); ++i)
+      if (flushing[i].host != nullptr) flushing[i].src = link_staging.get() + flushing_at[i];
+  }
+  flushing_view = upload_placements(flushing, place_stream);
+  issue_placements(over_host_link ? first_layer + kIssueAhead : c.n_layers);
 }
 
-void CudaBackend::Impl::wait_placed() {
-  if (!awaiting_placed) return;
-  check_cuda(cudaStreamWaitEvent(stream, placed, 0), "cudaStreamWaitEvent");
-  awaiting_placed = false;
+void CudaBackend::Impl::issue_placements(int up_to_layer) {
+  if (flushing.empty()) return;
+  const ModelConfig& c = model->config();
+  while (next_issue < c.n_layers && next_issue <= up_to_layer) {
+    const int first = next_issue;
+    const int layers = !over_host_link        ? c.n_layers - first
+                       : first == flush_first ? 1
+                                              : std::min(kLayersPerCopy, c.n_layers - first);
+    if (over_host_link) {
+      // One batched copy per group: the group's layers of every host-level entry.
+      std::vector<void*> dsts;
+      std::vector<const void*> srcs;
+      std::vector<std::size_t> sizes;
+      for (std::size_t i = 0; i < flushing.size(); ++i) {
+        if (flushing[i].host == nullptr) continue;
+        const std::size_t layer_bytes =
+            static_cast<std::size_t>(flushing[i].n_tokens) * 2 * c.kv_dim() * sizeof(bf16);
+        const std::size_t off = static_cast<std::size_t>(first) * layer_bytes;
+        dsts.push_back(link_staging.get() + flushing_at[i] + off);
+        srcs.push_back(flushing[i].host + off);
+        sizes.push_back(static_cast<std::size_t>(layers) * layer_bytes);
+      }
+      copy_to_device(dsts, srcs, sizes, place_stream);
+    }
+    std::visit(
+        [&](auto& s) {
+          using E = std::remove_pointer_t<decltype(s.kv.get())>;
+          place_chunk_kv<E>(flushing_view.chunks, static_cast<int>(flushing.size()), flushing_view.n_tokens,
+                            first, layers, c.n_kv_heads, c.head_dim, flushing_view.rotations,
+                            flushing_view.slots, s.kv.get(), static_cast<std::int64_t>(kv_layer_elems),
+                            place_stream);
+        },
+        storage);
+    cudaEvent_t done = place_events[static_cast<std::size_t>(first)];
+    check_cuda(cudaEventRecord(done, place_stream), "cudaEventRecord");
+    unwaited.push_back({first, done});
+    next_issue = first + layers;
+  }
+  if (next_issue >= c.n_layers) flushing.clear();
+}
+
+void CudaBackend::Impl::wait_placed(int layer) {
+  const int n_layers = model->config().n_layers;
+  issue_placements(layer >= n_layers - kIssueAhead ? n_layers : layer + kIssueAhead);
+  for (; next_unwaited < unwaited.size() && unwaited[next_unwaited].first_layer <= layer; ++next_unwaited)
+    check_cuda(cudaStreamWaitEvent(stream, unwaited[next_unwaited].done, 0), "cudaStreamWaitEvent");
 }
 
 void CudaBackend::write_chunk_kv(const ChunkKv& kv, std::int32_t position,
@@ -1143,7 +1294,7 @@ void CudaBackend::write_chunk_kv(const ChunkKv& kv, std::int32_t position,
           check_cuda(cudaMemcpyAsync(m.chunk_f32.get(), kv.k(l).data(), layer_floats * sizeof(float),
                                      cudaMemcpyHostToDevice, m.stream),
                      "upload chunk KV");
-          place_chunk_kv<float>(v.chunks, 1, v.n_tokens, 1, c.n_kv_heads, c.head_dim, v.rotations, v.slots,
+          place_chunk_kv<float>(v.chunks, 1, v.n_tokens, 0, 1, c.n_kv_heads, c.head_dim, v.rotations, v.slots,
                                 m.k_cache(s, l), static_cast<std::int64_t>(m.kv_layer_elems), m.stream);
         }
       },
@@ -1184,22 +1335,50 @@ void CudaBackend::Impl::drop_kept(const ChunkKey& key) {
   place_queued();
   check_cuda(cudaStreamSynchronize(stream), "drop kept chunk KV");
   const auto it = kept.find(key);
-  kept_bytes -= it->second.data.bytes();
-  kept_lru.erase(it->second.used);
+  TierLevel& level = level_of(it->second);
+  level.bytes -= it->second.bytes();
+  level.lru.erase(it->second.used);
   kept.erase(it);
 }
 
-void CudaBackend::Impl::evict_kept(std::size_t limit) {
-  while (kept_bytes > limit) {
-    const ChunkKey victim = kept_lru.back();
-    drop_kept(victim);
+void CudaBackend::Impl::demote(const ChunkKey& key) {
+  KeptChunk& e = kept.at(key);
+  const std::size_t bytes = e.bytes();
+  if (bytes > host_level.capacity) {
+    drop_kept(key);
+    return;
+  }
+  evict_kept(host_level, host_level.capacity - bytes);
+  place_queued();
+  PinnedBuffer host(bytes);
+  check_cuda(cudaMemcpyAsync(host.get(), e.data.get(), bytes, cudaMemcpyDeviceToHost, stream),
+             "demote chunk KV");
+  check_cuda(cudaStreamSynchronize(stream), "demote chunk KV");
+  device_level.bytes -= bytes;
+  device_level.lru.erase(e.used);
+  e.data = DeviceBuffer<std::byte>();
+  e.host = std::move(host);
+  host_level.lru.push_front(key);
+  e.used = host_level.lru.begin();
+  host_level.bytes += bytes;
+}
+
+void CudaBackend::Impl::evict_kept(TierLevel& level, std::size_t limit) {
+  while (level.bytes > limit) {
+    const ChunkKey victim = level.lru.back();
+    if (&level == &device_level)
+      demote(victim);
+    else
+      drop_kept(victim);
   }
 }
 
-void CudaBackend::set_chunk_tier_capacity(std::size_t bytes) {
+void CudaBackend::set_chunk_tier_capacity(std::size_t device_bytes, std::size_t host_bytes) {
   Impl& m = *impl_;
-  m.kept_capacity = bytes;
-  m.evict_kept(bytes);
+  m.host_level.capacity = host_bytes;
+  m.evict_kept(m.host_level, host_bytes);
+  m.device_level.capacity = device_bytes;
+  m.evict_kept(m.device_level, device_bytes);
 }
 
 void CudaBackend::keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) {
@@ -1211,9 +1390,11 @@ void CudaBackend::keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) {
             " kept for a model of " + std::to_string(c.n_layers) + " of width " + std::to_string(c.kv_dim()));
   if (m.kept.count(key) != 0) m.drop_kept(key);
   const std::size_t bytes = kv.data.size() * sizeof(bf16);
-  if (bytes > m.kept_capacity) return;
-  m.evict_kept(m.kept_capacity - bytes);
+  const bool to_device = bytes <= m.device_level.capacity;
+  if (!to_device && bytes > m.host_level.capacity) return;
+  if (to_device) m.evict_kept(m.device_level, m.device_level.capacity - bytes);
   check_cuda(cudaSetDevice(m.device), "cudaSetDevice");
+  // Converted to the storage type on the device; an entry for the host level then comes back.
   Impl::KeptChunk entry;
   entry.data = DeviceBuffer<std::byte>(bytes);
   entry.n_tokens = kv.n_tokens;
@@ -1234,10 +1415,11 @@ void CudaBackend::keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) {
       },
       m.storage);
   check_cuda(cudaStreamSynchronize(m.stream), "keep chunk KV");
-  m.kept_lru.push_front(key);
-  entry.used = m.kept_lru.begin();
-  m.kept_bytes += bytes;
+  m.device_level.lru.push_front(key);
+  entry.used = m.device_level.lru.begin();
+  m.device_level.bytes += bytes;
   m.kept.emplace(key, std::move(entry));
+  if (!to_device) m.demote(key);
 }
 
 bool CudaBackend::write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
@@ -1247,9 +1429,11 @@ bool CudaBackend::write_kept_chunk_kv(const ChunkKey& key, std::int32_t position
   if (it == m.kept.end()) return false;
   Impl::KeptChunk& entry = it->second;
   check_slots(position, slots, static_cast<std::size_t>(entry.n_tokens), m.num_blocks, m.block_size);
-  m.kept_lru.splice(m.kept_lru.begin(), m.kept_lru, entry.used);
+  std::list<ChunkKey>& lru = m.level_of(entry).lru;
+  lru.splice(lru.begin(), lru, entry.used);
   m.queued.push_back({entry.data.get(), entry.n_tokens, position - entry.position0,
-                      std::vector<std::int64_t>(slots.begin(), slots.end())});
+                      std::vector<std::int64_t>(slots.begin(), slots.end()),
+                      entry.on_device() ? nullptr : entry.host.get()});
   return true;
 }
 
@@ -1257,11 +1441,19 @@ bool CudaBackend::keeps_chunk_kv(const ChunkKey& key) const {
   return impl_->kept.contains(key);
 }
 
-std::size_t CudaBackend::chunk_tier_bytes() const {
-  return impl_->kept_bytes;
-}
-std::size_t CudaBackend::chunk_tier_entries() const {
-  return impl_->kept.size();
+ChunkTierUsage CudaBackend::chunk_tier_usage() const {
+  const Impl& m = *impl_;
+  ChunkTierUsage u;
+  for (const auto& [key, e] : m.kept) {
+    (void)key;
+    if (e.on_device())
+      ++u.device_entries;
+    else
+      ++u.host_entries;
+  }
+  u.device_bytes = m.device_level.bytes;
+  u.host_bytes = m.host_level.bytes;
+  return u;
 }
 
 namespace {

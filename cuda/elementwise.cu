@@ -319,13 +319,28 @@ __global__ void key_deviation_kernel(const float* __restrict__ qkv, int n_heads,
 }
 
 // One CTA per (token, layer): the token's chunk found by binary search over the placements (few),
-// its keys rotated pair by pair in double, its values copied.
+// its K and V rows staged in shared memory with 16-byte loads (the source may sit across the host
+// link, where wide, coalesced reads decide the bandwidth), its keys rotated pair by pair in double.
+template <class S>
+__device__ void stage_row(const S* __restrict__ src, i64 n, S* __restrict__ dst) {
+  const bool vector = (reinterpret_cast<std::uintptr_t>(src) & 15) == 0 && (n * sizeof(S)) % 16 == 0;
+  if (vector) {
+    const auto* s4 = reinterpret_cast<const uint4*>(src);
+    auto* d4 = reinterpret_cast<uint4*>(dst);
+    for (i64 e = threadIdx.x; e < static_cast<i64>(n * sizeof(S) / 16); e += blockDim.x) d4[e] = s4[e];
+  } else {
+    for (i64 e = threadIdx.x; e < n; e += blockDim.x) dst[e] = src[e];
+  }
+}
+
 template <class S, class T>
 __global__ void place_chunk_kv_kernel(const ChunkPlacement* __restrict__ chunks, int n_chunks, int n_kv_heads,
                                       int head_dim, const double* __restrict__ rotations,
-                                      const i64* __restrict__ slots, T* __restrict__ cache, i64 layer_elems) {
+                                      const i64* __restrict__ slots, T* __restrict__ cache, i64 layer_elems,
+                                      int first_layer) {
+  extern __shared__ uint4 place_smem[];  // K row then V row, kv_dim of S each
   const auto i = static_cast<std::int32_t>(blockIdx.x);
-  const i64 l = blockIdx.y;
+  const i64 l = first_layer + static_cast<i64>(blockIdx.y);
   int lo = 0, hi = n_chunks - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
@@ -338,8 +353,12 @@ __global__ void place_chunk_kv_kernel(const ChunkPlacement* __restrict__ chunks,
   const i64 n_tokens = c.n_tokens;
   const int half = head_dim / 2;
   const i64 kv_dim = static_cast<i64>(n_kv_heads) * head_dim;
-  const S* k = static_cast<const S*>(c.src) + (2 * l * n_tokens + (i - c.first)) * kv_dim;
-  const S* v = k + n_tokens * kv_dim;
+  S* k = reinterpret_cast<S*>(place_smem);
+  S* v = k + kv_dim;
+  const S* k_src = static_cast<const S*>(c.src) + (2 * l * n_tokens + (i - c.first)) * kv_dim;
+  stage_row(k_src, kv_dim, k);
+  stage_row(k_src + n_tokens * kv_dim, kv_dim, v);
+  __syncthreads();
   const double* rotation = c.rotation >= 0 ? rotations + c.rotation : nullptr;
   T* kc = cache + 2 * l * layer_elems + slots[i] * kv_dim;
   T* vc = kc + layer_elems;
@@ -580,21 +599,26 @@ void key_deviation(const float* qkv, std::int64_t rows, int n_heads, int n_kv_he
 }
 
 template <class S, class T>
-void place_chunk_kv(const ChunkPlacement* chunks, int n_chunks, std::int64_t n_tokens, int layers, int n_kv_heads,
-                    int head_dim, const double* rotations, const std::int64_t* slots, T* cache,
+void place_chunk_kv(const ChunkPlacement* chunks, int n_chunks, std::int64_t n_tokens, int first_layer, int layers,
+                    int n_kv_heads, int head_dim, const double* rotations, const std::int64_t* slots, T* cache,
                     std::int64_t layer_elems, cudaStream_t stream) {
-  require(n_chunks >= 0 && layers >= 0 && n_tokens >= 0 && n_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0,
-          "place_chunk_kv", "need n_chunks, layers, n_tokens >= 0, n_kv_heads > 0 and an even head_dim > 0");
+  require(n_chunks >= 0 && first_layer >= 0 && layers >= 0 && n_tokens >= 0 && n_kv_heads > 0 && head_dim > 0 &&
+              head_dim % 2 == 0,
+          "place_chunk_kv",
+          "need n_chunks, first_layer, layers, n_tokens >= 0, n_kv_heads > 0 and an even head_dim > 0");
   require(layer_elems >= static_cast<i64>(n_kv_heads) * head_dim, "place_chunk_kv",
           "a cache layer is smaller than one token");
   if (layers == 0 || n_tokens == 0) return;
   require(n_chunks > 0, "place_chunk_kv", "tokens without placements");
-  require(layers <= 65535 && n_tokens <= 0x7fffffff, "place_chunk_kv", "too many layers or tokens");
+  require(first_layer + static_cast<i64>(layers) <= 65535 && n_tokens <= 0x7fffffff, "place_chunk_kv",
+          "too many layers or tokens");
   require(chunks != nullptr && slots != nullptr && cache != nullptr, "place_chunk_kv", "null pointer");
   const int threads = std::clamp((n_kv_heads * head_dim / 2 + 31) / 32 * 32, 32, 256);
   const dim3 grid(static_cast<unsigned>(n_tokens), static_cast<unsigned>(layers));
-  place_chunk_kv_kernel<S><<<grid, threads, 0, stream>>>(chunks, n_chunks, n_kv_heads, head_dim, rotations,
-                                                         slots, cache, layer_elems);
+  const std::size_t smem = 2 * static_cast<std::size_t>(n_kv_heads) * head_dim * sizeof(S);
+  require(smem <= 48 * 1024, "place_chunk_kv", "a token's K and V rows exceed 48 KiB of shared memory");
+  place_chunk_kv_kernel<S><<<grid, threads, smem, stream>>>(chunks, n_chunks, n_kv_heads, head_dim, rotations,
+                                                            slots, cache, layer_elems, first_layer);
   check_launch("place_chunk_kv");
 }
 
@@ -700,9 +724,9 @@ void gather_paged_f32(const T* cache, int block_size, int n_kv_heads, int head_d
                                  cudaStream_t);                                                              \
   template void key_deviation(const float*, std::int64_t, int, int, int, const std::int32_t*, const float*,  \
                               const std::int64_t*, const T*, float*, cudaStream_t);                          \
-  template void place_chunk_kv<float>(const ChunkPlacement*, int, std::int64_t, int, int, int, const double*, \
-                                      const std::int64_t*, T*, std::int64_t, cudaStream_t);                  \
-  template void place_chunk_kv<T>(const ChunkPlacement*, int, std::int64_t, int, int, int, const double*,     \
+  template void place_chunk_kv<float>(const ChunkPlacement*, int, std::int64_t, int, int, int, int,          \
+                                      const double*, const std::int64_t*, T*, std::int64_t, cudaStream_t);   \
+  template void place_chunk_kv<T>(const ChunkPlacement*, int, std::int64_t, int, int, int, int, const double*,\
                                   const std::int64_t*, T*, std::int64_t, cudaStream_t);                      \
   template void gather_chunk_kv(const T*, int, std::int64_t, std::int64_t, int, const std::int64_t*, float*, \
                                 cudaStream_t);

@@ -145,7 +145,7 @@ Run run_prompts(Engine& engine, const std::vector<Prompt>& prompts, int max_toke
 int cmd_eval_reuse(const std::vector<std::string>& argv) {
   std::set<std::string> options = kCommonOptions;
   options.insert({"corpus", "filler", "chunks", "chunk-tokens", "questions", "policies", "recompute-ratio",
-                  "max-tokens", "seed", "out-json", "chunk-device-mb", "load-control"});
+                  "max-tokens", "seed", "out-json", "chunk-device-mb", "chunk-pinned-mb", "load-control"});
   const Args args(argv, options, {"no-quality"});
   const std::vector<int> chunk_counts = int_list(args.str("chunks", "4,8,16"), "chunks");
   const std::vector<int> chunk_sizes = int_list(args.str("chunk-tokens", "256,512"), "chunk-tokens");
@@ -160,8 +160,12 @@ int cmd_eval_reuse(const std::vector<std::string>& argv) {
   const long long n_questions = args.integer("questions", 20);
   const long long max_tokens = args.integer("max-tokens", 32);
   const long long device_mb = args.integer("chunk-device-mb", 4096);
-  check(n_questions >= 1 && max_tokens >= 1 && device_mb >= 0, ErrorCode::kInvalidArgument,
-        "--questions and --max-tokens must be >= 1, --chunk-device-mb >= 0");
+  const long long pinned_mb = args.integer("chunk-pinned-mb", 0);
+  check(n_questions >= 1 && max_tokens >= 1, ErrorCode::kInvalidArgument,
+        "--questions and --max-tokens must be >= 1");
+  for (const long long mb : {device_mb, pinned_mb})
+    check(mb >= 0 && mb <= (1LL << 24), ErrorCode::kInvalidArgument,
+          "--chunk-device-mb and --chunk-pinned-mb must be in [0, 16777216]");
   const std::string load_control = args.str("load-control", "off");
   check(load_control == "on" || load_control == "off", ErrorCode::kInvalidArgument,
         "--load-control must be on or off");
@@ -208,6 +212,7 @@ int cmd_eval_reuse(const std::vector<std::string>& argv) {
     ec.session.prefix_caching = false;  // every prompt prefills in full: the comparison is per prompt
     ec.session.max_batch_tokens = model->config().max_context;
     ec.session.chunk_device_mb = static_cast<std::size_t>(device_mb);
+    ec.session.chunk_pinned_mb = static_cast<std::size_t>(pinned_mb);
     ec.session.reuse_load_control = load_control == "on";
     ec.batching = "prefill-first";
     ec.reuse = reuse;

@@ -31,11 +31,11 @@ std::shared_ptr<const BackendProvider> backend_from_args(const Args& args);
 // Chunk reuse for requests in segments: --reuse prefix|full|blend|blend-gradual|adaptive-blend,
 // --recompute-ratio R,
 // --chunk-store DIR (the disk tier, kept across runs), --chunk-store-mb N (host RAM),
-// --chunk-disk-mb N, --chunk-device-mb N (the GPU tier), --fill-chunk-store on|off,
-// --load-control on|off.
-inline const std::set<std::string> kReuseOptions = {
-    "reuse",         "recompute-ratio", "chunk-store",      "chunk-store-mb",
-    "chunk-disk-mb", "chunk-device-mb", "fill-chunk-store", "load-control"};
+// --chunk-disk-mb N, --chunk-device-mb N and --chunk-pinned-mb N (the GPU's chunk tier, on the
+// device and in pinned host memory), --fill-chunk-store on|off, --load-control on|off.
+inline const std::set<std::string> kReuseOptions = {"reuse",           "recompute-ratio",  "chunk-store",
+                                                    "chunk-store-mb",  "chunk-disk-mb",    "chunk-device-mb",
+                                                    "chunk-pinned-mb", "fill-chunk-store", "load-control"};
 void reuse_config_from_args(const Args& args, EngineConfig& config);
 // One stderr line on what chunk reuse did; nothing when no prompt was planned for reuse.
 void print_reuse_stats(const Engine& engine);

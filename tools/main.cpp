@@ -40,7 +40,8 @@ commands:
           (quality and cost of sparse prefill)
   eval-reuse [--chunks 4,8,16] [--chunk-tokens 256,512] [--questions N] [--policies full,blend,adaptive-blend]
           [--recompute-ratio R] [--max-tokens N] [--corpus FILE] [--filler FILE] [--seed N]
-          [--chunk-device-mb N] [--load-control on|off] [--out-json FILE] [--no-quality]
+          [--chunk-device-mb N] [--chunk-pinned-mb N] [--load-control on|off] [--out-json FILE]
+          [--no-quality]
           (quality and time to first token of chunk reuse on RAG prompts, against a full prefill)
 
 chunk reuse (run, batch; prompts given in segments: --segment, or "segments" in a workload):
@@ -49,6 +50,8 @@ chunk reuse (run, batch; prompts given in segments: --segment, or "segments" in 
   --chunk-store DIR     disk tier of the chunk store, kept across runs (default: RAM only)
   --chunk-store-mb N    host RAM tier (default 1024)     --chunk-disk-mb N   disk tier (default 8192)
   --chunk-device-mb N   GPU tier (default 0: none)       --fill-chunk-store on|off   (default on)
+  --chunk-pinned-mb N   GPU tier's pinned host level, read over the host link layer by layer
+                        under the forward (default 0: none)
   --load-control on|off   compute a chunk held only in RAM or on disk when that is measured to be
                         faster than loading its KV (CacheBlend's loading controller; default off)
 
@@ -127,6 +130,7 @@ void reuse_config_from_args(const Args& args, EngineConfig& c) {
   c.chunk_store_mb = mb("chunk-store-mb", c.chunk_store_mb);
   c.chunk_disk_mb = mb("chunk-disk-mb", c.chunk_disk_mb);
   c.session.chunk_device_mb = mb("chunk-device-mb", c.session.chunk_device_mb);
+  c.session.chunk_pinned_mb = mb("chunk-pinned-mb", c.session.chunk_pinned_mb);
   c.chunk_store_dir = args.str("chunk-store", c.chunk_store_dir);
   const std::string fill = args.str("fill-chunk-store", "on");
   check(fill == "on" || fill == "off", ErrorCode::kInvalidArgument, "--fill-chunk-store must be on or off");
@@ -136,7 +140,8 @@ void reuse_config_from_args(const Args& args, EngineConfig& c) {
   c.session.reuse_load_control = control == "on";
   const bool store_options = args.get("chunk-store") || args.get("chunk-store-mb") ||
                              args.get("chunk-disk-mb") || args.get("chunk-device-mb") ||
-                             args.get("fill-chunk-store") || args.get("load-control");
+                             args.get("chunk-pinned-mb") || args.get("fill-chunk-store") ||
+                             args.get("load-control");
   check(c.reuse != "prefix" || !store_options, ErrorCode::kInvalidArgument,
         "the chunk-store options need --reuse full, blend, blend-gradual or adaptive-blend");
 }
@@ -146,7 +151,7 @@ void print_reuse_stats(const Engine& engine) {
   if (r.requests == 0) return;
   std::fprintf(
       stderr,
-      "[reuse %s: %lld prompts, %lld chunks loaded (%lld from the device tier), %lld missed, %lld "
+      "[reuse %s: %lld prompts, %lld chunks loaded (%lld from the GPU's chunk tier), %lld missed, %lld "
       "stored, %lld computed instead (load control); %lld of %lld loaded tokens recomputed; fill %.3f s, "
       "load %.3f s]\n",
       engine.config().reuse.c_str(), static_cast<long long>(r.requests),

@@ -17,6 +17,9 @@ void validate(const SessionConfig& c) {
   need(c.max_sequences >= 1, "max_sequences must be >= 1");
   need(c.host_cache_blocks >= 0, "host_cache_blocks must be >= 0");
   need(c.swap_blocks >= 0, "swap_blocks must be >= 0");
+  // Shifted into bytes: 16 TiB at most, so the shift cannot overflow.
+  need(c.chunk_device_mb <= (std::size_t{1} << 24), "chunk_device_mb must be <= 16777216");
+  need(c.chunk_pinned_mb <= (std::size_t{1} << 24), "chunk_pinned_mb must be <= 16777216");
 }
 
 }  // namespace chunkwise

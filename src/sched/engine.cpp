@@ -157,6 +157,8 @@ void EngineConfig::apply(std::string_view settings) {
        [](EngineConfig& c, auto k, auto v) { c.chunk_disk_mb = static_cast<std::size_t>(to_int(k, v)); }},
       {"chunk_device_mb", [](EngineConfig& c, auto k,
                              auto v) { c.session.chunk_device_mb = static_cast<std::size_t>(to_int(k, v)); }},
+      {"chunk_pinned_mb", [](EngineConfig& c, auto k,
+                             auto v) { c.session.chunk_pinned_mb = static_cast<std::size_t>(to_int(k, v)); }},
       {"fill_chunk_store",
        [](EngineConfig& c, auto k, auto v) {
          check(v == "on" || v == "off", ErrorCode::kInvalidArgument, std::string(k) + " must be on or off");

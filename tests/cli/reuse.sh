@@ -34,6 +34,10 @@ expect_error "workload: bad kind" "'kind' must be prefix, chunk or question" bat
   --workload "$tmp/bad.jsonl"
 expect_error "bad load control" "load-control must be on or off" run --model "$model" --segment "$chunk" \
   --reuse full --load-control maybe
+expect_error "pinned level out of range" "chunk-pinned-mb must be in" run --model "$model" --segment "$chunk" \
+  --reuse full --chunk-pinned-mb -1
+expect_error "eval: bad pinned level" "chunk-pinned-mb must be in" eval-reuse --model "$model" \
+  --chunk-pinned-mb 99999999
 expect_error "eval: bad policy" "unknown reuse policy" eval-reuse --model "$model" --policies blend,bogus
 expect_error "eval: no corpus" "cannot read corpus" eval-reuse --model "$model" --corpus "$tmp/none.jsonl"
 
@@ -51,15 +55,18 @@ run_rag fill --reuse full --chunk-store "$tmp/store"
 check "first run stores the chunk" grep -q "1 stored" "$tmp/fill.err"
 check "the chunk is on disk" test "$(ls "$tmp/store" | wc -l)" = 1
 run_rag warm --reuse full --chunk-store "$tmp/store"
-check "second run loads it" grep -q "1 chunks loaded (0 from the device tier), 0 missed, 0 stored" "$tmp/warm.err"
+check "second run loads it" grep -q "1 chunks loaded (0 from the GPU's chunk tier), 0 missed, 0 stored" "$tmp/warm.err"
 # On the CPU loading a chunk is far cheaper than prefilling it: the controller loads it.
 run_rag controlled --reuse full --chunk-store "$tmp/store" --load-control on
-check "load control on the CPU: loaded" grep -q "1 chunks loaded (0 from the device tier), 0 missed, 0 stored, 0 computed" "$tmp/controlled.err"
+check "load control on the CPU: loaded" grep -q "1 chunks loaded (0 from the GPU's chunk tier), 0 missed, 0 stored, 0 computed" "$tmp/controlled.err"
+# The GPU's chunk tier sizes are accepted on the CPU, which has no such tier: loaded from the store.
+run_rag tiered --reuse full --chunk-store "$tmp/store" --chunk-device-mb 16 --chunk-pinned-mb 64
+check "chunk tier options on the CPU: loaded" grep -q "1 chunks loaded (0 from the GPU's chunk tier), 0 missed" "$tmp/tiered.err"
 file=$(ls "$tmp"/store/*)
 size=$(stat -c %s "$file")
 printf 'XXXXXXXX' | dd of="$file" bs=1 seek=$((size - 12)) conv=notrunc status=none
 run_rag corrupt --reuse full --chunk-store "$tmp/store"
 check "corrupt file: one log line naming it" grep -q "$(basename "$file")" "$tmp/corrupt.err"
-check "corrupt file: a miss" grep -q "0 chunks loaded (0 from the device tier), 1 missed" "$tmp/corrupt.err"
+check "corrupt file: a miss" grep -q "0 chunks loaded (0 from the GPU's chunk tier), 1 missed" "$tmp/corrupt.err"
 check "corrupt file: the full prefill's answer" cmp -s "$tmp/full.out" "$tmp/corrupt.out"
 exit $fail

@@ -4,6 +4,7 @@
 // forward bit for bit, low ratios give the CPU's logits within the storage type's rounding, the
 // KV of rows not recomputed stays loaded, a single kept row, forward_sample, a bad check layer).
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -198,30 +199,44 @@ TEST_CASE("GPU chunk KV placement and read-back match the CPU backend", "[cuda][
   }
 }
 
+namespace {
+// Chunks of a 3-layer model computed alone: a, b and c of 32 tokens, big of 64; entry: the bytes a
+// 32-token entry takes in 16-bit storage.
+struct TierChunks {
+  std::shared_ptr<const Model> model;
+  ChunkKv a, b, c, big;
+  std::size_t entry = 0;
+  explicit TierChunks(unsigned seed) {
+    std::mt19937 rng(seed);
+    model = gpu_model(rng, 3);
+    const std::vector<TokenId> tokens = random_tokens(rng, 96 + 64);
+    const auto span = std::span<const TokenId>(tokens);
+    a = standalone_kv(model, span.subspan(0, 32));
+    b = standalone_kv(model, span.subspan(32, 32));
+    c = standalone_kv(model, span.subspan(64, 32));
+    big = standalone_kv(model, span.subspan(96, 64));
+    entry = a.data.size() * 2;
+  }
+};
+}  // namespace
+
 TEST_CASE("GPU chunk tier: placement equals write_chunk_kv, LRU eviction by capacity, misses",
           "[cuda][reuse]") {
-  std::mt19937 rng(22);
-  const auto model = gpu_model(rng, 3);
-  const std::vector<TokenId> tokens = random_tokens(rng, 96 + 64);
-  const auto span = std::span<const TokenId>(tokens);
-  const ChunkKv a = standalone_kv(model, span.subspan(0, 32));
-  const ChunkKv b = standalone_kv(model, span.subspan(32, 32));
-  const ChunkKv c = standalone_kv(model, span.subspan(64, 32));
-  const ChunkKv big = standalone_kv(model, span.subspan(96, 64));
+  const TierChunks t(22);
+  const auto& [model, a, b, c, big, entry] = t;
   const ChunkKey ka{1, 1}, kb{2, 2}, kc{3, 3}, kbig{4, 4};
-  const std::size_t entry = a.data.size() * 2;  // 16-bit storage
 
   cuda::CudaBackend gpu(model, kBlocks, kBlock);
-  CHECK(gpu.chunk_tier_entries() == 0);
+  CHECK(gpu.chunk_tier_usage().device_entries == 0);
   gpu.keep_chunk_kv(ka, a);  // capacity 0: disabled
-  CHECK(gpu.chunk_tier_entries() == 0);
+  CHECK(gpu.chunk_tier_usage().device_entries == 0);
   CHECK_FALSE(gpu.write_kept_chunk_kv(ka, 0, slots_of(0, 32)));
 
   gpu.set_chunk_tier_capacity(entry * 5 / 2);
   gpu.keep_chunk_kv(ka, a);
   gpu.keep_chunk_kv(kb, b);
-  CHECK(gpu.chunk_tier_entries() == 2);
-  CHECK(gpu.chunk_tier_bytes() == 2 * entry);
+  CHECK(gpu.chunk_tier_usage().device_entries == 2);
+  CHECK(gpu.chunk_tier_usage().device_bytes == 2 * entry);
 
   // From the tier, at its own position and 300 later: what write_chunk_kv places, up to the
   // rounding of the stored keys before their rotation.
@@ -245,7 +260,7 @@ TEST_CASE("GPU chunk tier: placement equals write_chunk_kv, LRU eviction by capa
 
   // a was used last: keeping c evicts b.
   gpu.keep_chunk_kv(kc, c);
-  CHECK(gpu.chunk_tier_entries() == 2);
+  CHECK(gpu.chunk_tier_usage().device_entries == 2);
   CHECK_FALSE(gpu.write_kept_chunk_kv(kb, 0, slots_of(0, 32)));
   CHECK(gpu.write_kept_chunk_kv(kc, 0, slots_of(0, 32)));
   CHECK(gpu.write_kept_chunk_kv(ka, 0, slots_of(0, 32)));
@@ -259,28 +274,28 @@ TEST_CASE("GPU chunk tier: placement equals write_chunk_kv, LRU eviction by capa
 
   // Keeping a key again replaces it; an entry larger than the capacity is not kept.
   gpu.keep_chunk_kv(kc, b);
-  CHECK(gpu.chunk_tier_entries() == 2);
-  CHECK(gpu.chunk_tier_bytes() == 2 * entry);
+  CHECK(gpu.chunk_tier_usage().device_entries == 2);
+  CHECK(gpu.chunk_tier_usage().device_bytes == 2 * entry);
   REQUIRE(gpu.write_kept_chunk_kv(kc, 0, slots_of(0, 32)));
   gpu.write_chunk_kv(b, 0, slots_of(400, 32));
   CHECK(gpu.read_chunk_kv(b.tokens, 0, slots_of(0, 32)).data ==
         gpu.read_chunk_kv(b.tokens, 0, slots_of(400, 32)).data);
   gpu.keep_chunk_kv(kbig, big);  // 2 entries' bytes fit in 2.5, with the others evicted
-  CHECK(gpu.chunk_tier_entries() == 1);
-  CHECK(gpu.chunk_tier_bytes() == 2 * entry);
+  CHECK(gpu.chunk_tier_usage().device_entries == 1);
+  CHECK(gpu.chunk_tier_usage().device_bytes == 2 * entry);
 
   // Shrinking evicts; 0 empties.
   gpu.keep_chunk_kv(ka, a);
-  CHECK(gpu.chunk_tier_entries() == 1);  // big was least recently used
+  CHECK(gpu.chunk_tier_usage().device_entries == 1);  // big was least recently used
   CHECK(gpu.write_kept_chunk_kv(ka, 0, slots_of(0, 32)));
   gpu.set_chunk_tier_capacity(entry);
-  CHECK(gpu.chunk_tier_entries() == 1);
+  CHECK(gpu.chunk_tier_usage().device_entries == 1);
   gpu.keep_chunk_kv(kbig, big);  // larger than the capacity: not kept, nothing evicted
-  CHECK(gpu.chunk_tier_entries() == 1);
+  CHECK(gpu.chunk_tier_usage().device_entries == 1);
   CHECK(gpu.write_kept_chunk_kv(ka, 0, slots_of(0, 32)));
   gpu.set_chunk_tier_capacity(0);
-  CHECK(gpu.chunk_tier_entries() == 0);
-  CHECK(gpu.chunk_tier_bytes() == 0);
+  CHECK(gpu.chunk_tier_usage().device_entries == 0);
+  CHECK(gpu.chunk_tier_usage().device_bytes == 0);
   CHECK_FALSE(gpu.write_kept_chunk_kv(ka, 0, slots_of(0, 32)));
 }
 
@@ -440,40 +455,104 @@ TEST_CASE("GPU selective forward matches the CPU backend's and keeps the loaded 
   }
 }
 
-TEST_CASE("GPU selective forward over queued device-tier chunks equals it over placed ones",
+TEST_CASE("GPU selective forward over queued chunk-tier chunks equals it over placed ones, from either level",
           "[cuda][reuse]") {
   std::mt19937 rng(28);
   const auto model = gpu_model(rng, 4);
   const Prompt p(model, rng);
-  cuda::CudaBackend gpu(model, kBlocks, kBlock);
-  gpu.set_chunk_tier_capacity(std::size_t{1} << 24);
   const ChunkKey keys[2] = {{1, 1}, {2, 2}};
-  for (int i = 0; i < 2; ++i) gpu.keep_chunk_kv(keys[i], p.chunks[static_cast<std::size_t>(i)]);
   const std::span<const TokenId> chunk0 = std::span(p.tokens).subspan(Prompt::begin(0), Prompt::kChunk);
   const auto all_slots = slots_of(0, Prompt::kRows);
-  // The prompt's chunks from the tier, and chunk 0 once more at slots outside the batch (a forward
-  // places those whole); `settle`: a read-back places the queue before the forward does.
-  auto run = [&](bool settle) {
-    for (int i = 0; i < 2; ++i)
-      REQUIRE(gpu.write_kept_chunk_kv(keys[i], Prompt::begin(i), slots_of(Prompt::begin(i), Prompt::kChunk)));
-    REQUIRE(gpu.write_kept_chunk_kv(keys[0], 0, slots_of(400, Prompt::kChunk)));
-    if (settle) (void)gpu.read_chunk_kv(chunk0, 0, slots_of(400, Prompt::kChunk));
-    SelectiveRecompute r = Prompt::recompute(0.15, 16, 2);
-    ForwardBatch b = p.batch();
-    b.recompute = &r;
-    std::vector<float> logits(static_cast<std::size_t>(Prompt::kQuestion) * kVocab);
-    gpu.forward(b, logits);
-    return std::tuple(logits, gpu.read_chunk_kv(p.tokens, 0, all_slots),
-                      gpu.read_chunk_kv(chunk0, 0, slots_of(400, Prompt::kChunk)));
+  std::vector<float> first_logits;
+  for (const bool host_level : {false, true}) {
+    CAPTURE(host_level);
+    cuda::CudaBackend gpu(model, kBlocks, kBlock);
+    // The host level: placed layer by layer over the host link.
+    gpu.set_chunk_tier_capacity(host_level ? 0 : std::size_t{1} << 24, host_level ? std::size_t{1} << 24 : 0);
+    for (int i = 0; i < 2; ++i) gpu.keep_chunk_kv(keys[i], p.chunks[static_cast<std::size_t>(i)]);
+    const cuda::ChunkTierUsage usage = gpu.chunk_tier_usage();
+    CHECK(usage.device_entries == (host_level ? 0U : 2U));
+    CHECK(usage.host_entries == (host_level ? 2U : 0U));
+    // The prompt's chunks from the tier, and chunk 0 once more at slots outside the batch (a forward
+    // places those whole); `settle`: a read-back places the queue before the forward does.
+    auto run = [&](bool settle) {
+      for (int i = 0; i < 2; ++i)
+        REQUIRE(
+            gpu.write_kept_chunk_kv(keys[i], Prompt::begin(i), slots_of(Prompt::begin(i), Prompt::kChunk)));
+      REQUIRE(gpu.write_kept_chunk_kv(keys[0], 0, slots_of(400, Prompt::kChunk)));
+      if (settle) (void)gpu.read_chunk_kv(chunk0, 0, slots_of(400, Prompt::kChunk));
+      SelectiveRecompute r = Prompt::recompute(0.15, 16, 2);
+      ForwardBatch b = p.batch();
+      b.recompute = &r;
+      std::vector<float> logits(static_cast<std::size_t>(Prompt::kQuestion) * kVocab);
+      gpu.forward(b, logits);
+      return std::tuple(logits, gpu.read_chunk_kv(p.tokens, 0, all_slots),
+                        gpu.read_chunk_kv(chunk0, 0, slots_of(400, Prompt::kChunk)));
+    };
+    const auto [queued, queued_cache, queued_far] = run(false);
+    const auto [placed, placed_cache, placed_far] = run(true);
+    CHECK(queued == placed);
+    CHECK(queued_cache.data == placed_cache.data);
+    CHECK(queued_far.data == placed_far.data);
+    // Chunk 0 at its own position (slots 400...) holds the stored KV at every layer.
+    CHECK(test::max_abs_diff(queued_far.data, p.chunks[0].data) <=
+          storage_eps(cuda::DType::kBF16) * max_abs(p.chunks[0].data));
+    // Both levels hold the same bytes: the same logits.
+    if (host_level)
+      CHECK(queued == first_logits);
+    else
+      first_logits = queued;
+  }
+}
+
+TEST_CASE("GPU chunk tier's host level: demotion, placement from host memory, eviction", "[cuda][reuse]") {
+  const TierChunks t(29);
+  const auto& [model, a, b, c, big, entry] = t;
+  const ChunkKey ka{1, 1}, kb{2, 2}, kc{3, 3}, kbig{4, 4};
+
+  // A reference placed from the device level.
+  cuda::CudaBackend ref(model, kBlocks, kBlock);
+  ref.set_chunk_tier_capacity(entry);
+  ref.keep_chunk_kv(ka, a);
+  REQUIRE(ref.write_kept_chunk_kv(ka, 300, slots_of(300, 32)));
+  const ChunkKv from_device = ref.read_chunk_kv(a.tokens, 300, slots_of(300, 32));
+
+  cuda::CudaBackend gpu(model, kBlocks, kBlock);
+  gpu.set_chunk_tier_capacity(entry * 3 / 2, entry * 5 / 2);  // one entry on the device, two on the host
+  gpu.keep_chunk_kv(ka, a);
+  gpu.keep_chunk_kv(kb, b);  // a moves to the host level
+  auto usage = [&] {
+    const cuda::ChunkTierUsage u = gpu.chunk_tier_usage();
+    return std::array<std::size_t, 4>{u.device_entries, u.device_bytes, u.host_entries, u.host_bytes};
   };
-  const auto [queued, queued_cache, queued_far] = run(false);
-  const auto [placed, placed_cache, placed_far] = run(true);
-  CHECK(queued == placed);
-  CHECK(queued_cache.data == placed_cache.data);
-  CHECK(queued_far.data == placed_far.data);
-  // Chunk 0 at its own position (slots 400...) holds the stored KV at every layer.
-  CHECK(test::max_abs_diff(queued_far.data, p.chunks[0].data) <=
-        storage_eps(cuda::DType::kBF16) * max_abs(p.chunks[0].data));
+  CHECK(usage() == std::array<std::size_t, 4>{1, entry, 1, entry});
+  REQUIRE(gpu.write_kept_chunk_kv(ka, 300, slots_of(300, 32)));
+  CHECK(gpu.read_chunk_kv(a.tokens, 300, slots_of(300, 32)).data == from_device.data);
+
+  // c pushes b down to the host level, which is then full; big (too large for the device level) goes
+  // to the host level, evicting both of its entries.
+  gpu.keep_chunk_kv(kc, c);
+  CHECK(usage() == std::array<std::size_t, 4>{1, entry, 2, 2 * entry});
+  CHECK(gpu.keeps_chunk_kv(ka));
+  CHECK(gpu.keeps_chunk_kv(kb));
+  REQUIRE(gpu.write_kept_chunk_kv(kb, 0, slots_of(0, 32)));
+  gpu.write_chunk_kv(b, 0, slots_of(400, 32));
+  CHECK(gpu.read_chunk_kv(b.tokens, 0, slots_of(0, 32)).data ==
+        gpu.read_chunk_kv(b.tokens, 0, slots_of(400, 32)).data);
+  gpu.keep_chunk_kv(kbig, big);
+  CHECK(usage() == std::array<std::size_t, 4>{1, entry, 1, 2 * entry});
+  CHECK_FALSE(gpu.write_kept_chunk_kv(ka, 0, slots_of(0, 32)));
+  CHECK_FALSE(gpu.write_kept_chunk_kv(kb, 0, slots_of(0, 32)));
+  CHECK(gpu.write_kept_chunk_kv(kbig, 0, slots_of(0, 64)));
+  CHECK(gpu.write_kept_chunk_kv(kc, 0, slots_of(100, 32)));
+
+  // Shrinking the device level moves its entries down; with no host level they are dropped.
+  gpu.set_chunk_tier_capacity(0, entry * 5 / 2);
+  CHECK(usage() == std::array<std::size_t, 4>{0, 0, 1, entry});  // c came down, big was evicted for it
+  CHECK(gpu.write_kept_chunk_kv(kc, 0, slots_of(100, 32)));
+  gpu.set_chunk_tier_capacity(0, 0);
+  CHECK(usage() == std::array<std::size_t, 4>{0, 0, 0, 0});
+  CHECK_FALSE(gpu.write_kept_chunk_kv(kc, 0, slots_of(0, 32)));
 }
 
 TEST_CASE("GPU gradual filtering matches the CPU backend's", "[cuda][reuse]") {

@@ -275,6 +275,22 @@ TEST_CASE("the engine runs a reuse policy by name with a store of its own", "[re
   EngineConfig bad_ratio = c;
   bad_ratio.recompute_ratio = 1.5;
   CHECK(error_code([&] { Engine(model(), bad_ratio); }) == ErrorCode::kInvalidArgument);
+  // The backend's chunk tier: a CPU backend has none, and the sizes are checked all the same.
+  EngineConfig tier = c;
+  tier.apply("chunk_device_mb=16 chunk_pinned_mb=64");
+  CHECK(tier.session.chunk_device_mb == 16);
+  CHECK(tier.session.chunk_pinned_mb == 64);
+  Engine with_tier(model(), tier);
+  with_tier.submit(rag.request());
+  while (with_tier.has_work()) with_tier.step();
+  CHECK(with_tier.metrics().reuse.chunks_loaded == 2);
+  CHECK(with_tier.metrics().reuse.device_hits == 0);
+  for (const char* field : {"chunk_device_mb", "chunk_pinned_mb"}) {
+    CAPTURE(field);
+    EngineConfig huge = c;
+    huge.apply(std::string(field) + "=17000000");
+    CHECK(error_code([&] { Engine(model(), huge); }) == ErrorCode::kInvalidArgument);
+  }
 }
 
 TEST_CASE("reuse_logits follows the session's path: ratio 1 is the full prefill, full reuse is not",

@@ -41,7 +41,7 @@ class BackendInterface {
                               std::span<const std::int64_t> slots) = 0;
   [[nodiscard]] virtual ChunkKv read_chunk_kv(std::span<const TokenId> tokens, std::int32_t position0,
                                               std::span<const std::int64_t> slots) const = 0;
-  virtual void set_chunk_tier_capacity(std::size_t bytes) = 0;
+  virtual void set_chunk_tier_capacity(std::size_t device_bytes, std::size_t host_bytes) = 0;
   virtual void keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) = 0;
   [[nodiscard]] virtual bool write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
                                                  std::span<const std::int64_t> slots) = 0;
@@ -105,8 +105,8 @@ class BackendAdapter final : public BackendInterface {
       unsupported();
     }
   }
-  void set_chunk_tier_capacity(std::size_t bytes) override {
-    if constexpr (ChunkTierBackend<B>) b_.set_chunk_tier_capacity(bytes);
+  void set_chunk_tier_capacity(std::size_t device_bytes, std::size_t host_bytes) override {
+    if constexpr (ChunkTierBackend<B>) b_.set_chunk_tier_capacity(device_bytes, host_bytes);
   }
   void keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) override {
     if constexpr (ChunkTierBackend<B>) b_.keep_chunk_kv(key, kv);
@@ -178,7 +178,9 @@ class AnyBackend {
                                       std::span<const std::int64_t> slots) const {
     return impl_->read_chunk_kv(tokens, position0, slots);
   }
-  void set_chunk_tier_capacity(std::size_t bytes) { impl_->set_chunk_tier_capacity(bytes); }
+  void set_chunk_tier_capacity(std::size_t device_bytes, std::size_t host_bytes = 0) {
+    impl_->set_chunk_tier_capacity(device_bytes, host_bytes);
+  }
   void keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) { impl_->keep_chunk_kv(key, kv); }
   [[nodiscard]] bool write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
                                          std::span<const std::int64_t> slots) {

@@ -62,7 +62,7 @@ template <class B>
 concept ChunkTierBackend = ChunkKvBackend<B> &&
     requires(B b, const ChunkKey& key, const ChunkKv& kv, std::int32_t position,
              std::span<const std::int64_t> slots, std::size_t bytes) {
-  b.set_chunk_tier_capacity(bytes);
+  b.set_chunk_tier_capacity(bytes, bytes);  // device level, pinned host level
   b.keep_chunk_kv(key, kv);
   { b.write_kept_chunk_kv(key, position, slots) } -> std::same_as<bool>;
   { b.keeps_chunk_kv(key) } -> std::same_as<bool>;

@@ -106,7 +106,8 @@ class InferenceSession {
     metrics_.kv_blocks_total = backend_.num_blocks();
     load_meter_ = LoadCostMeter(config_.reuse_load_costs);
     if constexpr (ChunkTierBackend<BackendT>)
-      if (config_.chunk_device_mb > 0) backend_.set_chunk_tier_capacity(config_.chunk_device_mb << 20);
+      if (has_chunk_tier())
+        backend_.set_chunk_tier_capacity(config_.chunk_device_mb << 20, config_.chunk_pinned_mb << 20);
   }
 
   // Validates and queues a request. Throws Error (kInvalidArgument, kTokenOutOfRange,
@@ -440,11 +441,15 @@ class InferenceSession {
     }
   }
 
+  [[nodiscard]] bool has_chunk_tier() const {
+    return ChunkTierBackend<BackendT> && (config_.chunk_device_mb > 0 || config_.chunk_pinned_mb > 0);
+  }
+
   // CacheBlend's loading controller: the planned chunks that only the host or disk tier holds and
   // that are cheaper to compute than to load (worth_loading) are dropped from the plan. With a
-  // device tier nothing is: a chunk loaded once is kept there, and its later uses are device hits.
+  // backend chunk tier nothing is: a chunk loaded once is kept there, and its later uses are hits.
   ReusePlan control_loading(ReusePlan plan, const detail::Sequence& s, const ChunkStore& store) {
-    if (ChunkTierBackend<BackendT> && config_.chunk_device_mb > 0) return plan;
+    if (has_chunk_tier()) return plan;
     const ModelConfig& c = model_->config();
     const std::size_t row_bytes = 2 * static_cast<std::size_t>(c.n_layers) * c.kv_dim() * sizeof(float);
     std::vector<ReusePlan::LoadSpan> load;

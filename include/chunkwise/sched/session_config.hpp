@@ -46,14 +46,17 @@ struct SessionConfig {
   // Empty: the tokenizer's BOS when the model has one. Changing it changes what stored KV means:
   // give a persistent store another salt.
   std::vector<TokenId> chunk_context;
-  // The backend's device tier of chunk KV in front of the store (ChunkTierBackend); 0 = none.
+  // The backend's chunk tier in front of the store (ChunkTierBackend): its device level, and its
+  // pinned host level (entries in the cache's dtype that the device reads over the host link, layer
+  // by layer under the forward); 0 = none.
   std::size_t chunk_device_mb = 0;
+  std::size_t chunk_pinned_mb = 0;
   // CacheBlend's loading controller (policy/reuse/loading_control.hpp): a planned chunk held only
   // in host RAM or on disk is computed instead when loading it is expected to take longer than the
   // prefill it saves, by costs the session measures (starting from reuse_load_costs; a cost not
   // measured yet is measured by trying: an unknown tier loads, an unknown prefill computes). Not
-  // with a device tier (chunk_device_mb), where a chunk loaded once serves later prompts from the
-  // device. Off: every stored chunk the policy plans is loaded.
+  // with a backend chunk tier (chunk_device_mb, chunk_pinned_mb), where a chunk loaded once serves
+  // later prompts from it. Off: every stored chunk the policy plans is loaded.
   bool reuse_load_control = false;
   LoadCosts reuse_load_costs;
 };

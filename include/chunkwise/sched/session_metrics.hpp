@@ -12,7 +12,7 @@ struct ReuseStats {
   std::int64_t requests = 0;           // prompts planned by the reuse policy
   std::int64_t chunks_stored = 0;      // chunk segments prefilled on their own and put into the store
   std::int64_t chunks_loaded = 0;      // chunk segments whose KV was placed from a tier
-  std::int64_t device_hits = 0;        // of those, placed from the backend's device tier
+  std::int64_t device_hits = 0;        // of those, placed from the backend's chunk tier (either level)
   std::int64_t chunks_missed = 0;      // planned to load but not found (evicted, corrupt file): computed
   std::int64_t chunks_computed = 0;    // planned, but computed: cheaper than loading (the loading controller)
   std::int64_t tokens_loaded = 0;      // rows of loaded chunks

@@ -19,6 +19,14 @@
 
 namespace chunkwise::cuda {
 
+// What the chunk tier holds now, per level.
+struct ChunkTierUsage {
+  std::size_t device_entries = 0;
+  std::size_t device_bytes = 0;
+  std::size_t host_entries = 0;
+  std::size_t host_bytes = 0;
+};
+
 class CudaBackend {
  public:
   // Uploads the model (its fp32 weights rounded to dtype) to device `device` and allocates
@@ -71,24 +79,28 @@ class CudaBackend {
   [[nodiscard]] ChunkKv read_chunk_kv(std::span<const TokenId> tokens, std::int32_t position0,
                                       std::span<const std::int64_t> slots) const;
 
-  // The device tier of chunk KV (in front of a ChunkStore's host tier): entries in the cache's
-  // dtype, unrotated (at their position0), keyed by ChunkKey and evicted least recently used, so
-  // that a hot chunk is placed device to device instead of crossing the host link again. Capacity
-  // 0 (the default) keeps nothing; shrinking evicts. keep_chunk_kv uploads kv (replacing what the
-  // key held; an entry larger than the capacity is not kept). write_kept_chunk_kv places a kept
-  // entry like write_chunk_kv and marks it used; false on a miss. It only queues the placement: the
-  // next forward places the whole queue in one launch on a second stream, overlapped with the
-  // layers it recomputes for every row (below a selective recompute's check layer, which it then
-  // skips), and any other use of the cache places the queue before it.
+  // The chunk tier (in front of a ChunkStore's host tier): entries in the cache's dtype, unrotated
+  // (at their position0), keyed by ChunkKey, so that a hot chunk is placed without crossing the
+  // host link as fp32 again. Two levels, each with a byte capacity: device memory, and mapped
+  // pinned host memory that the placement kernel reads over the host link. Entries are kept on the
+  // device when they fit; the device level's least recently used entries move to the host level
+  // (those too large for the device go there directly), whose own are dropped. Capacity 0 (the
+  // default) disables a level; shrinking evicts. keep_chunk_kv uploads kv (replacing what the key
+  // held; an entry larger than both capacities is not kept). write_kept_chunk_kv places a kept
+  // entry like write_chunk_kv and marks it used; false on a miss. It only queues the placement:
+  // the next forward places the queue on a second stream, overlapped with the layers it recomputes
+  // for every row (below a selective recompute's check layer, which it then skips), in one launch
+  // from the device level, and layer by layer when an entry is in host memory, so that each layer
+  // of the forward waits only for its own layer's load. Any other use of the cache places the
+  // queue before it.
   // It throws Error(kInvalidArgument) unless slots has one slot in the pool per kept token and
   // position >= 0.
-  void set_chunk_tier_capacity(std::size_t bytes);
+  void set_chunk_tier_capacity(std::size_t device_bytes, std::size_t host_bytes = 0);
   void keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv);
   [[nodiscard]] bool write_kept_chunk_kv(const ChunkKey& key, std::int32_t position,
                                          std::span<const std::int64_t> slots);
   [[nodiscard]] bool keeps_chunk_kv(const ChunkKey& key) const;  // without marking it used
-  [[nodiscard]] std::size_t chunk_tier_bytes() const;
-  [[nodiscard]] std::size_t chunk_tier_entries() const;
+  [[nodiscard]] ChunkTierUsage chunk_tier_usage() const;
 
   struct Impl;
 

@@ -87,8 +87,9 @@ void key_deviation(const float* qkv, std::int64_t rows, int n_heads, int n_kv_he
 //
 // place_chunk_kv writes the chunks' KV into the cache: n_tokens tokens in all, token i (i in
 // [0, n_tokens)) of the placement c with c.first <= i < c.first + c.n_tokens (chunks sorted by first,
-// chunks[0].first == 0, covering [0, n_tokens) without gaps; not checked) at slot slots[i]; `layers`
-// layers from each c.src (S: float, or T itself) and from `cache`. Keys are rotated by a fixed angle
+// chunks[0].first == 0, covering [0, n_tokens) without gaps; not checked) at slot slots[i]; layers
+// [first_layer, first_layer + layers) of each c.src (S: float, or T itself; device memory or mapped
+// pinned host memory, read over the host link) and of `cache`. Keys are rotated by a fixed angle
 // per pair: c.rotation indexes head_dim doubles of `rotations`, cos then sin of delta * inv_freq[i]
 // for i < head_dim / 2 (rotate-half pairs, as chunkwise::rotate_keys), applied in double before one
 // rounding to fp32 and one to T; a negative c.rotation copies the keys unrotated. Values are copied
@@ -100,9 +101,9 @@ struct ChunkPlacement {
   std::int32_t rotation;  // offset of its cos|sin in rotations, or -1
 };
 template <class S, class T>
-void place_chunk_kv(const ChunkPlacement* chunks, int n_chunks, std::int64_t n_tokens, int layers,
-                    int n_kv_heads, int head_dim, const double* rotations, const std::int64_t* slots,
-                    T* cache, std::int64_t layer_elems, cudaStream_t stream);
+void place_chunk_kv(const ChunkPlacement* chunks, int n_chunks, std::int64_t n_tokens, int first_layer,
+                    int layers, int n_kv_heads, int head_dim, const double* rotations,
+                    const std::int64_t* slots, T* cache, std::int64_t layer_elems, cudaStream_t stream);
 // gather_chunk_kv is the reverse, without rotation: the cache's K and V at slots, widened to fp32.
 template <class T>
 void gather_chunk_kv(const T* cache, int layers, std::int64_t layer_elems, std::int64_t n_tokens, int kv_dim,
