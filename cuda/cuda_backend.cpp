@@ -1350,7 +1350,13 @@ void CudaBackend::Impl::demote(const ChunkKey& key) {
   }
   evict_kept(host_level, host_level.capacity - bytes);
   place_queued();
-  PinnedBuffer host(bytes);
+  PinnedBuffer host;
+  try {
+    host = PinnedBuffer(bytes);
+  } catch (const Error&) {  // the host cannot pin that much now: the entry is dropped
+    drop_kept(key);
+    return;
+  }
   check_cuda(cudaMemcpyAsync(host.get(), e.data.get(), bytes, cudaMemcpyDeviceToHost, stream),
              "demote chunk KV");
   check_cuda(cudaStreamSynchronize(stream), "demote chunk KV");
@@ -1396,7 +1402,12 @@ void CudaBackend::keep_chunk_kv(const ChunkKey& key, const ChunkKv& kv) {
   check_cuda(cudaSetDevice(m.device), "cudaSetDevice");
   // Converted to the storage type on the device; an entry for the host level then comes back.
   Impl::KeptChunk entry;
-  entry.data = DeviceBuffer<std::byte>(bytes);
+  // The tier is a cache: memory it cannot get means an entry not kept, not a failed request.
+  try {
+    entry.data = DeviceBuffer<std::byte>(bytes);
+  } catch (const Error&) {
+    return;
+  }
   entry.n_tokens = kv.n_tokens;
   entry.position0 = kv.position0;
   const std::size_t layer_floats = kv.k(0).size() + kv.v(0).size();

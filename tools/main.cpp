@@ -50,8 +50,8 @@ chunk reuse (run, batch; prompts given in segments: --segment, or "segments" in 
   --chunk-store DIR     disk tier of the chunk store, kept across runs (default: RAM only)
   --chunk-store-mb N    host RAM tier (default 1024)     --chunk-disk-mb N   disk tier (default 8192)
   --chunk-device-mb N   GPU tier (default 0: none)       --fill-chunk-store on|off   (default on)
-  --chunk-pinned-mb N   GPU tier's pinned host level, read over the host link layer by layer
-                        under the forward (default 0: none)
+  --chunk-pinned-mb N   GPU tier's pinned host level, copied over the host link a few layers at
+                        a time under the forward (default 0: none)
   --load-control on|off   compute a chunk held only in RAM or on disk when that is measured to be
                         faster than loading its KV (CacheBlend's loading controller; default off)
 

@@ -47,8 +47,8 @@ struct SessionConfig {
   // give a persistent store another salt.
   std::vector<TokenId> chunk_context;
   // The backend's chunk tier in front of the store (ChunkTierBackend): its device level, and its
-  // pinned host level (entries in the cache's dtype that the device reads over the host link, layer
-  // by layer under the forward); 0 = none.
+  // pinned host level (entries in the cache's dtype, copied over the host link a few layers at a
+  // time under the forward); 0 = none.
   std::size_t chunk_device_mb = 0;
   std::size_t chunk_pinned_mb = 0;
   // CacheBlend's loading controller (policy/reuse/loading_control.hpp): a planned chunk held only

@@ -81,18 +81,18 @@ class CudaBackend {
 
   // The chunk tier (in front of a ChunkStore's host tier): entries in the cache's dtype, unrotated
   // (at their position0), keyed by ChunkKey, so that a hot chunk is placed without crossing the
-  // host link as fp32 again. Two levels, each with a byte capacity: device memory, and mapped
-  // pinned host memory that the placement kernel reads over the host link. Entries are kept on the
-  // device when they fit; the device level's least recently used entries move to the host level
-  // (those too large for the device go there directly), whose own are dropped. Capacity 0 (the
-  // default) disables a level; shrinking evicts. keep_chunk_kv uploads kv (replacing what the key
-  // held; an entry larger than both capacities is not kept). write_kept_chunk_kv places a kept
-  // entry like write_chunk_kv and marks it used; false on a miss. It only queues the placement:
-  // the next forward places the queue on a second stream, overlapped with the layers it recomputes
-  // for every row (below a selective recompute's check layer, which it then skips), in one launch
-  // from the device level, and layer by layer when an entry is in host memory, so that each layer
-  // of the forward waits only for its own layer's load. Any other use of the cache places the
-  // queue before it.
+  // host link as fp32 again. Two levels, each with a byte capacity: device memory, and pinned host
+  // memory. Entries are kept on the device when they fit; the device level's least recently used
+  // entries move to the host level (entries too large for the device go there directly), whose own
+  // are dropped. Capacity 0 (the default) disables a level; shrinking evicts. keep_chunk_kv uploads
+  // kv, replacing what the key held; an entry larger than both capacities, or one the device or
+  // host cannot allocate now, is not kept. write_kept_chunk_kv places a kept entry like
+  // write_chunk_kv and marks it used; false on a miss. It only queues the placement: the next
+  // forward places the queue on a second stream, overlapped with the layers it recomputes for every
+  // row (below a selective recompute's check layer, which it then skips). From the device level
+  // that is one launch. Host-level entries cross the host link by the copy engine in groups of
+  // layers, issued a few layers ahead of the forward, and each layer of the forward waits only for
+  // its own group. Any other use of the cache places the queue before it.
   // It throws Error(kInvalidArgument) unless slots has one slot in the pool per kept token and
   // position >= 0.
   void set_chunk_tier_capacity(std::size_t device_bytes, std::size_t host_bytes = 0);
