@@ -25,16 +25,16 @@
 // Chunk reuse (selective_recompute.hpp), as CpuBackend. A selective step runs every row up to the
 // check layer; there, before the KV write, key_deviation() measures each row's fresh key against
 // the loaded one, the deviations come to the host (the step's one extra synchronisation) and
-// select_recompute_rows() picks the rows. After the check layer's MLP the kept rows of the residual
-// are moved to the front, their positions, slots and renumbered logit rows are uploaded, and
-// attention is re-planned for them (all kv_len keys, causal by each row's own position). Chunk KV
-// is placed by place_chunk_kv() (keys rotated on the device), from the host or from the chunk
-// tier. write_kept_chunk_kv only queues: the next forward places every queued chunk on a second
-// stream, overlapped with the layers it recomputes for all rows anyway (those below the first check
-// layer, which it does not place), and waits for it before the first layer that reads loaded KV;
-// every other use of the cache places the queue first. From the tier's device level that is one
-// upload and one kernel; entries of its pinned host level cross the host link by the copy engine
-// in groups of layers, each group placed and marked by an event that only its own layers wait for.
+// select_recompute_rows() picks the rows. After the check layer's KV write (every row's) the kept
+// rows of the residual and the queries are moved to the front, their positions, slots and renumbered logit
+// rows are uploaded, and attention is re-planned for them (all kv_len keys, causal by each row's own
+// position). Chunk KV is placed by place_chunk_kv() (keys rotated on the device), from the host or from the
+// chunk tier. write_kept_chunk_kv only queues: the next forward places every queued chunk on a second stream,
+// overlapped with the layers it recomputes for all rows anyway (those below the first check layer, which it
+// does not place), and waits for it before the first layer that reads loaded KV; every other use of the cache
+// places the queue first. From the tier's device level that is one upload and one kernel; entries of its
+// pinned host level cross the host link by the copy engine in groups of layers, each group placed and marked
+// by an event that only its own layers wait for.
 #include "chunkwise/cuda/cuda_backend.hpp"
 
 #include <algorithm>
@@ -421,6 +421,7 @@ struct CudaBackend::Impl {
     const std::int64_t* slots = nullptr;
     const std::int32_t* logit_rows = nullptr;
     AttentionBatchView batch;
+    const std::int32_t* gathered = nullptr;  // after narrow(): each row's index among the rows before
   };
 
   Impl(std::shared_ptr<const Model> m, int nb, int bs, int dev, DType dt)
@@ -473,8 +474,9 @@ struct CudaBackend::Impl {
   template <class E>
   std::vector<std::int32_t> select_rows(Storage<E>& s, const ForwardBatch& b, int l, const StepRows& all,
                                         const std::vector<std::int32_t>& running);
-  // After a check layer: moves the kept rows of x to the front, uploads their metadata and re-plans
-  // attention for them (the same sequence: all kv_len keys, causal by each row's position).
+  // At a check layer, after its KV write: moves the kept rows of x to the front, uploads their
+  // metadata (their places among the rows before: `gathered`, for the caller's other arrays) and
+  // re-plans attention for them (the same sequence: all kv_len keys, causal by each row's position).
   StepRows narrow(const ForwardBatch& b, const std::vector<std::int32_t>& keep,
                   const std::vector<std::int32_t>& running, const StepRows& all);
 
@@ -932,7 +934,7 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
   for (int l = 0; l < c.n_layers && r.rows > 0; ++l) {
     wait_placed(l);
     const Layer<E>& L = s.layers[static_cast<std::size_t>(l)];
-    const std::int64_t T = r.rows;
+    std::int64_t T = r.rows;
     add_rms_norm(x.get(), nullptr, L.attn_norm.get(), T, H, c.rms_eps, s.h.get(), st);
     gemm.linear(s.h.get(), T, H, L.wqkv.get(), QKV, qkv.get(), 0.0f, st);
     // At a check layer the loaded keys are still in the cache: measure, then overwrite them.
@@ -942,6 +944,17 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
     if (check_layer) keep = select_rows(s, b, l, r, running);
     rope_write_kv(qkv.get(), T, c.n_heads, c.n_kv_heads, c.head_dim, r.positions, inv_freq.get(), r.slots,
                   s.q.get(), k_cache(s, l), v_cache(s, l), block_size, st);
+    // Every row's fresh KV of this layer is written; past it only the kept rows matter, so they
+    // narrow before attention (the others' outputs of this layer would be thrown away). Keeping
+    // every row (all ratios 1) changes nothing: the same launches as a full prefill.
+    if (check_layer && static_cast<std::int64_t>(keep.size()) < T) {
+      r = narrow(b, keep, running, r);
+      running = std::move(keep);
+      T = r.rows;
+      if (T == 0) break;
+      gather_rows(s.q.get(), Q, r.gathered, T, s.attn.get(), st);  // s.attn is free until attention
+      std::swap(s.q, s.attn);
+    }
     const BasicPagedKvView<E> cache{k_cache(s, l), v_cache(s, l), block_size, c.n_kv_heads, c.head_dim};
     const BlockSparseMaskView* mask = nullptr;
     if (device_sparse)
@@ -954,11 +967,6 @@ std::vector<std::size_t> CudaBackend::Impl::run(Storage<E>& s, const ForwardBatc
     gemm.linear(s.h.get(), T, H, L.w_gate_up.get(), 2 * F, gate_up.get(), 0.0f, st);
     swiglu(gate_up.get(), T, F, s.act.get(), st);
     gemm.linear(s.act.get(), T, F, L.w_down.get(), H, x.get(), 1.0f, st);  // += residual
-    // Keeping every row (all ratios 1) changes nothing: the same launches as a full prefill.
-    if (check_layer && static_cast<std::int64_t>(keep.size()) < T) {
-      r = narrow(b, keep, running, r);
-      running = std::move(keep);
-    }
   }
   wait_placed();
   if (device_sparse && index_builder.counts_size() > 0)
@@ -1041,10 +1049,11 @@ CudaBackend::Impl::StepRows CudaBackend::Impl::narrow(const ForwardBatch& b,
   r.batch.query_start = reinterpret_cast<const std::int32_t*>(dev(o_qs));
   r.batch.q_pos = r.positions;
   r.batch.rows = n;
+  r.gathered = reinterpret_cast<const std::int32_t*>(dev(o_keep));
   if (n == 0) return r;
   const std::int64_t H = c.hidden;
   x_kept.reserve(static_cast<std::size_t>(n) * static_cast<std::size_t>(H));
-  gather_rows(x.get(), H, reinterpret_cast<const std::int32_t*>(dev(o_keep)), n, x_kept.get(), stream);
+  gather_rows(x.get(), H, r.gathered, n, x_kept.get(), stream);
   check_cuda(cudaMemcpyAsync(x.get(), x_kept.get(), static_cast<std::size_t>(n) * H * sizeof(float),
                              cudaMemcpyDeviceToDevice, stream),
              "narrow rows");

@@ -1,9 +1,11 @@
 // Llama-family decoder forward on the CPU (fp32), the reference every other backend is
 // checked against. Rows of the batch meet only inside attention, where each sequence sees only
-// its own pages. A selective recompute (chunk reuse) narrows the rows after its check layer.
+// its own pages. A selective recompute (chunk reuse) narrows the rows at its check layer, after
+// the KV write.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <numeric>
 #include <span>
@@ -99,10 +101,17 @@ struct NarrowedRows {
   std::vector<std::int32_t> logit_rows;  // the batch's logit rows, renumbered among the kept rows
 };
 
-// Keeps the batch rows `keep` (ascending, a subset of `running`: the batch rows x [running rows,
-// dim] holds, in order) of the activations in place, moved to the front, and returns their metadata.
+// An activation array of rows `dim` floats wide.
+struct RowArray {
+  float* data;
+  std::int64_t dim;
+};
+
+// Keeps the batch rows `keep` (ascending, a subset of `running`: the batch rows each array
+// [running rows, dim] holds, in order) of the arrays in place, moved to the front, and returns their
+// metadata.
 NarrowedRows narrow_rows(const ForwardBatch& b, std::span<const std::int32_t> keep,
-                         std::span<const std::int32_t> running, float* x, std::int64_t dim) {
+                         std::span<const std::int32_t> running, std::initializer_list<RowArray> arrays) {
   NarrowedRows n;
   for (std::size_t i = 0; i < keep.size(); ++i) {
     const auto row = static_cast<std::size_t>(keep[i]);
@@ -110,7 +119,9 @@ NarrowedRows narrow_rows(const ForwardBatch& b, std::span<const std::int32_t> ke
         static_cast<std::size_t>(std::lower_bound(running.begin(), running.end(), keep[i]) - running.begin());
     // from >= i, so the source row is never one already overwritten.
     if (from != i)
-      std::copy_n(x + static_cast<std::int64_t>(from) * dim, dim, x + static_cast<std::int64_t>(i) * dim);
+      for (const RowArray& a : arrays)
+        std::copy_n(a.data + static_cast<std::int64_t>(from) * a.dim, a.dim,
+                    a.data + static_cast<std::int64_t>(i) * a.dim);
     n.positions.push_back(b.positions[row]);
     n.slots.push_back(b.slots[row]);
   }
@@ -335,6 +346,18 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
       }
     }
     cpu::write_kv(cache, k_.data(), v_.data(), slots.data(), T);
+    // Every row's fresh KV of this layer is written; past it only the kept rows matter, so they
+    // narrow before attention (the others' outputs of this layer would be thrown away). Keeping every
+    // row (all ratios 1) changes nothing: the same ops on the same rows as a full prefill.
+    if (check_layer && static_cast<std::int64_t>(keep.size()) < T) {
+      narrowed = narrow_rows(b, keep, running, {{x_.data(), H}, {q_.data(), Q}});
+      running = std::move(keep);
+      T = static_cast<std::int64_t>(running.size());
+      positions = narrowed.positions;
+      slots = narrowed.slots;
+      logit_rows = narrowed.logit_rows;
+      ab = {narrowed.query_start, b.page_start, b.pages, b.kv_len, narrowed.positions};
+    }
     if (b.sparse == nullptr) {
       cpu::paged_attention(q_.data(), cache, ab, c.n_heads, scale, attn_.data());
     } else {
@@ -349,17 +372,6 @@ void CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
     cpu::swiglu(gate_.data(), up_.data(), T * F, gate_.data());
     cpu::matmul_nt(gate_.data(), T, F, L.w_down.data.data(), H, o_.data());
     for (std::int64_t i = 0; i < T * H; ++i) x_[i] += o_[i];
-
-    // Keeping every row (all ratios 1) changes nothing: the same ops on the same rows as a full prefill.
-    if (check_layer && static_cast<std::int64_t>(keep.size()) < T) {
-      narrowed = narrow_rows(b, keep, running, x_.data(), H);
-      running = std::move(keep);
-      T = static_cast<std::int64_t>(running.size());
-      positions = narrowed.positions;
-      slots = narrowed.slots;
-      logit_rows = narrowed.logit_rows;
-      ab = {narrowed.query_start, b.page_start, b.pages, b.kv_len, narrowed.positions};
-    }
   }
 
   // Only the rows whose next token is wanted go through the final norm and the LM head.

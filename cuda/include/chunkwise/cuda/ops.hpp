@@ -64,8 +64,8 @@ template <class T>
 void swiglu(const float* gate_up, std::int64_t rows, std::int64_t ffn, T* out, cudaStream_t stream);
 
 // out[i, :] = x[rows[i], :] for the n rows whose logits are wanted (T: bf16, f16), or the rows a
-// selective recompute keeps (T: float); x and out have dim columns. The row indices must be valid
-// rows of x (a negative one writes zeros).
+// selective recompute keeps (its queries, T: bf16, f16; its residual, T: float); x and out have dim columns.
+// The row indices must be valid rows of x (a negative one writes zeros).
 template <class T>
 void gather_rows(const T* x, std::int64_t dim, const std::int32_t* rows, std::int64_t n, T* out,
                  cudaStream_t stream);
